@@ -1,0 +1,194 @@
+//! Board files (`boards/<name>.yaml`): everything that differs between boards
+//! is data here, so code only knows a few boot flavors and architectures.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::spec::SpecError;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Board {
+    pub name: String,
+    pub description: String,
+    pub arch: Arch,
+    /// Debian suite the userland comes from.
+    pub suite: String,
+    pub boot: BootFlavor,
+    pub kernel: Kernel,
+    /// Packages this board adds to kiln's base set (firmware, tools).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Modules `kiln-init` loads to reach the root and data partitions.
+    pub initramfs_modules: Vec<String>,
+    /// Modules shipped in the root (plus their dependencies); the rest of
+    /// the kernel's module tree is left out to keep the root small.
+    #[serde(default)]
+    pub root_modules: Vec<String>,
+    pub disk: DiskLayout,
+    pub qemu: Option<QemuBoard>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+    Armhf,
+}
+
+impl Arch {
+    /// Debian's architecture name.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+            Arch::Armhf => "armhf",
+        }
+    }
+
+    /// Rust target triple the in-image binaries are built for.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            Arch::Arm64 => "aarch64-unknown-linux-gnu",
+            Arch::Armhf => "armv7-unknown-linux-gnueabihf",
+        }
+    }
+
+    /// The removable-media loader name UEFI firmware looks for.
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+            Arch::Armhf => "BOOTARM.EFI",
+        }
+    }
+
+    /// systemd-boot's file name in Debian's `systemd-boot-efi` package.
+    pub fn systemd_boot_file(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "systemd-bootx64.efi",
+            Arch::Arm64 => "systemd-bootaa64.efi",
+            Arch::Armhf => "systemd-bootarm.efi",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootFlavor {
+    /// GPT + ESP with systemd-boot, loaded by UEFI firmware.
+    UefiSystemdBoot,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Kernel {
+    /// Debian metapackage that pulls the kernel (e.g. `linux-image-amd64`).
+    pub package: String,
+    /// Kernel command line; kiln adds its own `kiln.*` keys.
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskLayout {
+    /// Size of the ESP / boot partition.
+    pub esp_mib: u64,
+    /// Size of each root slot (A and B); the squashfs must fit.
+    pub root_slot_mib: u64,
+    /// Size of the data partition as shipped; it grows on first boot.
+    pub data_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct QemuBoard {
+    pub binary: String,
+    pub machine: String,
+    pub cpu: Option<String>,
+    pub memory_mib: u32,
+    pub smp: u32,
+    pub disk_device: String,
+    pub firmware: QemuFirmware,
+    /// Debian packages that provide `binary` and the firmware (for errors).
+    pub host_packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum QemuFirmware {
+    Uefi { code: PathBuf, vars: PathBuf },
+}
+
+/// Where kiln's own data (boards, overlays, the in-image crates) lives: the
+/// source checkout kiln was built from, unless `KILN_DATA_DIR` says otherwise.
+pub fn data_dir() -> PathBuf {
+    match std::env::var_os("KILN_DATA_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
+}
+
+/// Names of the boards kiln ships, sorted.
+pub fn available() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir().join("boards"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".yaml").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+impl Board {
+    /// Loads a shipped board by name, or a board file by path.
+    pub fn load(name_or_path: &str) -> Result<Board> {
+        let path = if name_or_path.ends_with(".yaml") {
+            PathBuf::from(name_or_path)
+        } else {
+            data_dir().join("boards").join(format!("{name_or_path}.yaml"))
+        };
+        if !path.exists() {
+            bail!(
+                "unknown board `{name_or_path}`; available boards: {}",
+                available().join(", ")
+            );
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading board file {}", path.display()))?;
+        Ok(Board::parse(&text, &path)?)
+    }
+
+    pub fn parse(text: &str, file: &Path) -> Result<Board, SpecError> {
+        serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_board_parses() {
+        let names = available();
+        assert!(names.contains(&"qemu-x86_64".to_string()), "{names:?}");
+        for name in names {
+            Board::load(&name).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn unknown_board_lists_the_known_ones() {
+        let e = Board::load("no-such-board").unwrap_err().to_string();
+        assert!(e.contains("unknown board `no-such-board`"), "{e}");
+        assert!(e.contains("qemu-x86_64"), "{e}");
+    }
+}

@@ -1,0 +1,21 @@
+//! kiln: bakes immutable edge OS images with k3s inside.
+//!
+//! The stages, in build order; each takes plain data in and gives plain data
+//! out, so each can be tested without the others:
+//!
+//! - [`spec`]: the image spec (YAML) a user writes, validated.
+//! - [`board`]: a board file from `boards/` (arch, kernel, modules, disk, QEMU).
+//! - [`plan`]: spec + board + CLI arguments resolved into one `BuildPlan`.
+//! - [`packages`]: Debian packages resolved and fetched with the host's apt
+//!   under a private configuration, cached, locked.
+//! - [`rootfs`]: packages unpacked into an in-memory tree with ownership and
+//!   modes, declarative fixups (what maintainer scripts would do), overlays.
+//! - [`initramfs`]: `kiln-init` plus the kernel-module closure, as a cpio.
+//! - [`fs`]: filesystem writers (squashfs root, FAT ESP, empty ext4 data).
+//! - [`disk`]: partition layout and the raw disk image.
+//! - [`build`]: runs the stages in order and reports what it made.
+//! - [`qemu`]: boots an image under QEMU and watches its serial console.
+
+pub mod board;
+pub mod packages;
+pub mod spec;

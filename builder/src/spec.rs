@@ -1,0 +1,209 @@
+//! The image spec: the YAML file a user writes to describe one image.
+//!
+//! Parsing is strict (unknown keys are errors) and every error names the file,
+//! line and column, so a typo never silently builds the wrong image.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// An image spec as written, with relative paths still relative to the spec.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Spec {
+    /// Output name: `out/<name>.img`. Defaults to the board name.
+    pub name: Option<String>,
+    /// Board file name (`boards/<board>.yaml`).
+    pub board: String,
+    /// Debian packages added to the board's and kiln's base set.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Directories copied over the root, in order; `*.tera` files rendered.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
+    /// Where the k3s node binary comes from.
+    pub k3s: Option<K3sSource>,
+    /// Node config baked into the image (`/usr/lib/kiln/node.yaml`), inline.
+    pub node: Option<serde_yaml::Value>,
+    /// Node config baked into the image, from a file next to the spec.
+    pub node_file: Option<PathBuf>,
+    /// Debian mirror URL; default: the host's apt sources.
+    pub mirror: Option<String>,
+    /// Timestamp clamp for reproducible output; default: a fixed epoch.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// Where the k3s binary comes from. Exactly one way must be given.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct K3sSource {
+    /// A local binary.
+    pub path: Option<PathBuf>,
+    /// A download URL; needs `sha256`.
+    pub url: Option<String>,
+    /// Expected sha256 of the binary (hex), checked for `path` and `url`.
+    pub sha256: Option<String>,
+    /// Use kiln's k3s test double (`tests/k3s-double`). The image says so.
+    #[serde(default)]
+    pub test_double: bool,
+    /// Version label for the summary and os-release (e.g. `v1.31.4+k3s1`).
+    pub version: Option<String>,
+}
+
+/// A spec error with its place in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, ":{l}:{c}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl SpecError {
+    /// Places a serde_yaml error (syntax, unknown key, wrong type) in `file`.
+    pub fn from_yaml(e: &serde_yaml::Error, file: &Path) -> SpecError {
+        let loc = e.location();
+        let text = e.to_string();
+        SpecError {
+            file: file.to_owned(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            // serde_yaml appends "at line L column C"; we print that ourselves.
+            message: text.split(" at line ").next().unwrap_or(&text).to_string(),
+        }
+    }
+}
+
+impl Spec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> anyhow::Result<Spec> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("reading spec {}: {e}; check the path", path.display())
+        })?;
+        Ok(Spec::parse(&text, path)?)
+    }
+
+    /// Parses spec text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
+        let spec: Spec =
+            serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))?;
+        spec.check(text, file)?;
+        Ok(spec)
+    }
+
+    fn check(&self, text: &str, file: &Path) -> Result<(), SpecError> {
+        let err = |key: &str, message: String| {
+            let (line, column) = locate_key(text, key);
+            SpecError { file: file.to_owned(), line, column, message }
+        };
+        if let Some(name) = &self.name {
+            let ok = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !name.starts_with('.');
+            if !ok {
+                return Err(err(
+                    "name",
+                    format!("name `{name}` must be letters, digits, `-`, `_` or `.` (it names the output file)"),
+                ));
+            }
+        }
+        if let Some(k3s) = &self.k3s {
+            let ways = [k3s.path.is_some(), k3s.url.is_some(), k3s.test_double];
+            match ways.iter().filter(|w| **w).count() {
+                1 => {}
+                0 => return Err(err("k3s", "k3s needs one of `path`, `url` or `test-double: true`".into())),
+                _ => return Err(err("k3s", "k3s takes only one of `path`, `url` or `test-double`".into())),
+            }
+            if k3s.url.is_some() && k3s.sha256.is_none() {
+                return Err(err("url", "k3s `url` needs `sha256` so the download can be verified".into()));
+            }
+            if let Some(sum) = &k3s.sha256 {
+                if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err("sha256", format!("k3s sha256 `{sum}` is not 64 hex digits")));
+                }
+            }
+        }
+        if self.node.is_some() && self.node_file.is_some() {
+            return Err(err("node-file", "give the baked node config as `node` or `node-file`, not both".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Finds the 1-based line and column of `key:` in YAML text, for errors that
+/// serde cannot place (semantic checks after parsing).
+pub fn locate_key(text: &str, key: &str) -> (Option<usize>, Option<usize>) {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+        if trimmed.starts_with(&format!("{key}:")) {
+            let col = line.len() - trimmed.len() + 1;
+            return (Some(i + 1), Some(col));
+        }
+    }
+    (None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(text, Path::new("spec.yaml"))
+    }
+
+    #[test]
+    fn minimal_spec_parses() {
+        let s = parse("board: qemu-x86_64\n").unwrap();
+        assert_eq!(s.board, "qemu-x86_64");
+        assert!(s.packages.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_placed() {
+        let e = parse("board: qemu-x86_64\npackagez: [a]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(1)));
+        assert!(e.message.contains("unknown field `packagez`"), "{e}");
+        assert!(e.to_string().starts_with("spec.yaml:2:1: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_placed() {
+        let e = parse("board: qemu-x86_64\npackages: [a, b\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn k3s_url_needs_checksum() {
+        let e = parse("board: b\nk3s:\n  url: https://example.invalid/k3s\n").unwrap_err();
+        assert!(e.message.contains("needs `sha256`"), "{e}");
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn k3s_needs_exactly_one_source() {
+        let e = parse("board: b\nk3s:\n  path: ./k3s\n  test-double: true\n").unwrap_err();
+        assert!(e.message.contains("only one"), "{e}");
+        let e = parse("board: b\nk3s: {}\n").unwrap_err();
+        assert!(e.message.contains("needs one of"), "{e}");
+    }
+
+    #[test]
+    fn bad_name_is_rejected() {
+        let e = parse("board: b\nname: ../evil\n").unwrap_err();
+        assert!(e.message.contains("names the output file"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Names shared by the builder (which writes them) and the image (which looks
+//! for them). Changing one breaks every image already flashed: don't.
+
+/// GPT partition names (also used as filesystem labels where a filesystem
+/// has one).
+pub const ESP_PARTITION: &str = "kiln-esp";
+pub const ROOT_A_PARTITION: &str = "kiln-root-a";
+pub const ROOT_B_PARTITION: &str = "kiln-root-b";
+pub const DATA_PARTITION: &str = "kiln-data";
+
+/// Initramfs: the ordered list of modules `kiln-init` loads, one path per
+/// line, relative to the initramfs root.
+pub const INITRAMFS_MODULE_LIST: &str = "etc/kiln/modules.load";
+
+/// Root image: node config baked in at build time.
+pub const BAKED_NODE_CONFIG: &str = "/usr/lib/kiln/node.yaml";
+/// Data partition: the node config the first boot found, kept for later boots.
+pub const PERSISTED_NODE_CONFIG: &str = "/var/lib/kiln/node.yaml";
+/// Data partition: present once the first boot finished its work.
+pub const FIRSTBOOT_DONE: &str = "/var/lib/kiln/firstboot.done";
+/// Data partition: the persistent upper layer of the `/etc` overlay.
+pub const ETC_OVERLAY_UPPER: &str = "/var/lib/kiln/etc-overlay/upper";
+pub const ETC_OVERLAY_WORK: &str = "/var/lib/kiln/etc-overlay/work";
+/// QEMU fw_cfg key the node config is passed under (`kiln boot --node`).
+pub const FW_CFG_NODE_CONFIG: &str = "opt/io.kiln/node.yaml";

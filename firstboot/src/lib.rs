@@ -1,0 +1,13 @@
+//! Code that runs inside a kiln image, and the schemas it shares with the
+//! builder.
+//!
+//! - [`gpt`]: read, write and grow GUID partition tables (the builder writes
+//!   the image's table, `kiln-init` grows the data partition on first boot).
+//! - [`config`]: the `node.yaml` schema and its validation.
+//! - `kiln-init` (`src/bin/kiln-init.rs`): `/init` of the initramfs.
+//! - `kiln-firstboot` (`src/bin/kiln-firstboot.rs`): turns node config into a
+//!   k3s node.
+
+pub mod config;
+pub mod gpt;
+pub mod layout;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what kiln needs on a Debian bookworm (or Ubuntu) host to build
+# images and boot them under QEMU. Idempotent: safe to run again.
+#
+# Why backports: this machine kind ships qemu-utils 10.0 from
+# bookworm-backports, and bookworm's own qemu-system 7.2 conflicts with it.
+# The backports source reuses the host's own mirror and keyring (read from
+# its deb822 sources), so no mirror host is named here.
+set -euo pipefail
+
+need_root() { if [ "$(id -u)" -ne 0 ]; then echo "sudo"; fi; }
+SUDO=$(need_root)
+
+. /etc/os-release
+codename=${VERSION_CODENAME:-}
+
+add_backports() {
+  local src=/etc/apt/sources.list.d/debian.sources
+  local out=/etc/apt/sources.list.d/kiln-backports.sources
+  [ "$codename" = bookworm ] || return 0
+  [ -f "$out" ] && return 0
+  if [ ! -f "$src" ]; then
+    echo "setup: no $src; add a bookworm-backports source by hand" >&2
+    return 0
+  fi
+  # First stanza that lists the main suite: keep its URIs and Signed-By.
+  local uris keyring
+  uris=$(awk '/^URIs:/{print $2; exit}' "$src")
+  keyring=$(awk '/^Signed-By:/{print $2; exit}' "$src")
+  $SUDO tee "$out" >/dev/null <<SRC
+Types: deb
+URIs: $uris
+Suites: bookworm-backports
+Components: main
+Signed-By: $keyring
+SRC
+}
+
+add_backports
+$SUDO apt-get update -q || echo "setup: apt-get update reported errors; continuing with the indexes it fetched" >&2
+
+pkgs_base="e2fsprogs ca-certificates xz-utils zstd"
+pkgs_qemu="qemu-system-x86 ovmf"
+if [ "$codename" = bookworm ]; then
+  $SUDO apt-get install -y -q --no-install-recommends $pkgs_base ovmf
+  $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+else
+  $SUDO apt-get install -y -q --no-install-recommends $pkgs_base $pkgs_qemu
+fi
+echo "setup: host ready"
