@@ -155,7 +155,7 @@ pub fn parse_bytes(bytes: &[u8], source: &str) -> Result<NodeConfig, ConfigError
             let column = before.len() - line_start + 1;
             Err(ConfigError::new(
                 source,
-                Some(Location { line, column }),
+                Some(Location::new(line, column)),
                 ErrorKind::Syntax,
                 None,
                 "not UTF-8 text",
@@ -186,7 +186,19 @@ where
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(vec![v.to_owned()])
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some(s) = seq.next_element::<String>()? {
                 out.push(s);
