@@ -4,10 +4,14 @@
 //! - [`gpt`]: read, write and grow GUID partition tables (the builder writes
 //!   the image's table, `kiln-init` grows the data partition on first boot).
 //! - [`config`]: the `node.yaml` schema and its validation.
+//! - [`datasource`]: where a node finds its `node.yaml` (fw_cfg, baked, ...).
+//! - [`firstboot`]: what `kiln-firstboot` does with it (apply, wait-ready).
 //! - `kiln-init` (`src/bin/kiln-init.rs`): `/init` of the initramfs.
 //! - `kiln-firstboot` (`src/bin/kiln-firstboot.rs`): turns node config into a
 //!   k3s node.
 
 pub mod config;
+pub mod datasource;
+pub mod firstboot;
 pub mod gpt;
 pub mod layout;

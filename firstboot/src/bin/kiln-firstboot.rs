@@ -1,1 +1,101 @@
-fn main() {}
+//! `kiln-firstboot`: turns the node config into a k3s node.
+//!
+//! ```text
+//! kiln-firstboot apply [--root DIR]
+//! kiln-firstboot wait-ready [--timeout SECS] [--root DIR]
+//! ```
+//!
+//! Exit codes: 0 done, 1 failed (one `kiln: ERROR: ` line says why),
+//! 2 bad command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kiln_node::datasource;
+use kiln_node::firstboot::{self, Options};
+
+const USAGE: &str = "usage: kiln-firstboot apply [--root DIR]
+       kiln-firstboot wait-ready [--timeout SECS] [--root DIR]
+
+apply       find, validate and apply the node config (kiln-firstboot.service)
+wait-ready  wait until k3s has written its files (kiln-ready.service);
+            --timeout defaults to 120 seconds
+--root DIR  work on the tree under DIR instead of / (tests)";
+
+enum Command {
+    Apply,
+    WaitReady { timeout: u64 },
+}
+
+fn parse_args(args: &[String]) -> Result<(Command, PathBuf), String> {
+    let (name, rest) = args.split_first().ok_or("no command given")?;
+    let mut root = PathBuf::from("/");
+    let mut timeout = 120;
+    let mut it = rest.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag {
+            "--root" => root = PathBuf::from(value()?),
+            "--timeout" if name == "wait-ready" => {
+                let v = value()?;
+                timeout = v
+                    .parse()
+                    .map_err(|_| format!("--timeout wants whole seconds, not `{v}`"))?;
+            }
+            _ => return Err(format!("unknown argument `{arg}` for {name}")),
+        }
+    }
+    let command = match name.as_str() {
+        "apply" => Command::Apply,
+        "wait-ready" => Command::WaitReady { timeout },
+        other => return Err(format!("unknown command `{other}`")),
+    };
+    Ok((command, root))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("-h" | "--help" | "help")
+    ) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (command, root) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("kiln: ERROR: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options::with_root(&root);
+    let mut out = std::io::stdout();
+    let result = match command {
+        Command::Apply => firstboot::apply(&opts, &datasource::all(), &mut out).map(|_| ()),
+        Command::WaitReady { timeout } => firstboot::wait_ready(
+            &opts,
+            Duration::from_secs(timeout),
+            Duration::from_millis(500),
+            &mut out,
+        )
+        .map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: ERROR: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

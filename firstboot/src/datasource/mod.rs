@@ -1,0 +1,149 @@
+//! Where a node finds its `node.yaml` on the first boot.
+//!
+//! Each datasource is one small type behind [`Datasource`]; [`all`] lists
+//! them in the order they are tried, and the first that has a config wins.
+//! `Ok(None)` means "not here, try the next one"; `Err` means "here, but
+//! unreadable", and stops the search: a node never silently falls back to
+//! another config.
+//!
+//! To add a datasource (kernel command line, VMware guestinfo, boot
+//! partition, ...):
+//! 1. write `<name>.rs` with a unit struct implementing [`Datasource`]; read
+//!    every path through [`under`] so tests can point it at a fake tree;
+//! 2. put it in [`all`] at its place in the order (DESIGN.md, "Node
+//!    configuration");
+//! 3. add tests with a fake tree: absent, present, unreadable.
+
+mod baked;
+mod fw_cfg;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use baked::Baked;
+pub use fw_cfg::FwCfg;
+
+/// One place a node config may come from.
+pub trait Datasource {
+    /// How the console names it: `fw_cfg opt/io.kiln/node.yaml`.
+    fn name(&self) -> &str;
+    /// The config's bytes; `Ok(None)` when this source has none. `root` is
+    /// `/` on a node, a temp dir in tests.
+    fn fetch(&self, root: &Path) -> Result<Option<Vec<u8>>, FetchError>;
+}
+
+/// A datasource that has a config but cannot read it.
+#[derive(Debug, thiserror::Error)]
+pub struct FetchError {
+    /// What was being read (a path, a device).
+    pub what: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reading {}: {}", self.what, self.source)
+    }
+}
+
+/// A config found by [`find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The [`Datasource::name`] it came from.
+    pub source: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Every datasource, in the order they are tried.
+pub fn all() -> Vec<Box<dyn Datasource>> {
+    vec![Box::new(FwCfg), Box::new(Baked)]
+}
+
+/// Tries `sources` in order; the first that has a config wins.
+pub fn find(sources: &[Box<dyn Datasource>], root: &Path) -> Result<Option<Found>, FetchError> {
+    for source in sources {
+        if let Some(bytes) = source.fetch(root)? {
+            let source = source.name().to_owned();
+            return Ok(Some(Found { source, bytes }));
+        }
+    }
+    Ok(None)
+}
+
+/// `path` (absolute, as on the node) inside `root`.
+pub fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// Reads a whole file; `Ok(None)` when it does not exist.
+pub(crate) fn read_file(path: &Path, what: &str) -> Result<Option<Vec<u8>>, FetchError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FetchError {
+            what: what.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kiln-ds-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn put(root: &Path, path: &str, text: &str) {
+        let p = under(root, path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    const FW_CFG_RAW: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/io.kiln/node.yaml/raw";
+
+    #[test]
+    fn names_are_what_the_console_says() {
+        let names: Vec<String> = all().iter().map(|d| d.name().to_owned()).collect();
+        assert_eq!(
+            names,
+            ["fw_cfg opt/io.kiln/node.yaml", "/usr/lib/kiln/node.yaml"]
+        );
+    }
+
+    #[test]
+    fn first_source_with_a_config_wins() {
+        let root = tree("order");
+        assert_eq!(find(&all(), &root).unwrap(), None);
+        put(&root, crate::layout::BAKED_NODE_CONFIG, "role: agent\n");
+        let found = find(&all(), &root).unwrap().unwrap();
+        assert_eq!(found.source, "/usr/lib/kiln/node.yaml");
+        put(&root, FW_CFG_RAW, "role: server\n");
+        let found = find(&all(), &root).unwrap().unwrap();
+        assert_eq!(found.source, "fw_cfg opt/io.kiln/node.yaml");
+        assert_eq!(found.bytes, b"role: server\n");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn unreadable_source_stops_the_search() {
+        let root = tree("unreadable");
+        put(&root, crate::layout::BAKED_NODE_CONFIG, "role: agent\n");
+        // A directory where the blob should be: present, but not readable.
+        fs::create_dir_all(under(&root, FW_CFG_RAW)).unwrap();
+        let err = find(&all(), &root).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("reading {FW_CFG_RAW}: ")),
+            "{err}"
+        );
+        fs::remove_dir_all(root).unwrap();
+    }
+}
