@@ -14,4 +14,5 @@ pub mod config;
 pub mod datasource;
 pub mod firstboot;
 pub mod gpt;
+pub mod init;
 pub mod layout;
