@@ -1,0 +1,119 @@
+//! The root filesystem: packages unpacked into an in-memory [`tree::Tree`],
+//! the declarative fixups that replace maintainer scripts, kiln's files and
+//! the overlays, in that order.
+
+pub mod deb;
+pub mod fixups;
+pub mod kernel;
+pub mod overlay;
+pub mod sysusers;
+pub mod tree;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+
+use crate::packages::Package;
+use kernel::KernelPayload;
+use tree::{Node, Tree};
+
+/// kiln's OS, the same on every board: systemd as PID 1 with networkd,
+/// resolved and timesyncd, udev for module autoloading, and what k3s
+/// expects of a host. Boards add their kernel and firmware.
+pub const BASE_PACKAGES: &[&str] = &[
+    "base-files",
+    "base-passwd",
+    "ca-certificates",
+    "dbus",
+    "iproute2",
+    "kmod",
+    "netbase",
+    "systemd",
+    "systemd-resolved",
+    "systemd-sysv",
+    "systemd-timesyncd",
+    "udev",
+    // Satisfies init-system-helpers' `usrmerge | usr-is-merged` without the
+    // perl-based usrmerge converter: kiln's tree is merged-/usr already.
+    "usr-is-merged",
+];
+
+/// Units enabled in every image.
+pub const BASE_UNITS: &[&str] = &[
+    "tmp.mount",
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "kiln-firstboot.service",
+    "k3s.service",
+    "kiln-ready.service",
+];
+
+pub struct RootInput<'a> {
+    pub packages: &'a [Package],
+    /// kiln's base overlay first, then the spec's, in order.
+    pub overlays: &'a [PathBuf],
+    pub template_context: &'a tera::Context,
+    /// Files kiln adds (binaries, baked config), before the overlays.
+    pub files: Vec<(String, Node)>,
+    pub enable_units: Vec<String>,
+    pub os_release: BTreeMap<&'static str, String>,
+    pub initramfs_modules: &'a [String],
+    pub root_modules: &'a [String],
+}
+
+pub struct Root {
+    pub tree: Tree,
+    pub kernel: KernelPayload,
+}
+
+pub fn compose(input: RootInput) -> Result<Root> {
+    let mut tree = unpack_all(input.packages)?;
+    let kernel = kernel::take(&mut tree, input.initramfs_modules, input.root_modules)?;
+    fixups::apply_all(&mut tree)?;
+    for (path, node) in input.files {
+        tree.insert(&path, node);
+    }
+    for dir in input.overlays {
+        overlay::apply(dir, &mut tree, input.template_context)
+            .with_context(|| format!("applying overlay {}", dir.display()))?;
+    }
+    sysusers::apply(&mut tree);
+    fixups::enable_units(&mut tree, &input.enable_units)?;
+    fixups::os_release(&mut tree, &input.os_release);
+    Ok(Root { tree, kernel })
+}
+
+/// Unpacks every package, in parallel, then merges the trees in package
+/// order so the result does not depend on thread timing.
+fn unpack_all(packages: &[Package]) -> Result<Tree> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<Tree>>>> = packages.iter().map(|_| Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(pkg) = packages.get(i) else { break };
+                let mut tree = Tree::default();
+                let result = deb::unpack(&pkg.path, &mut tree).map(|_| tree);
+                *results[i].lock().expect("not poisoned") = Some(result);
+            });
+        }
+    });
+    let mut merged = Tree::default();
+    for (pkg, result) in packages.iter().zip(results) {
+        let tree = result
+            .into_inner()
+            .expect("not poisoned")
+            .expect("every package was unpacked")
+            .with_context(|| format!("package {} {}", pkg.name, pkg.version))?;
+        for (path, node) in tree.iter() {
+            merged.insert(path, node.clone());
+        }
+    }
+    Ok(merged)
+}
