@@ -1,0 +1,321 @@
+//! Runs the stages in order and reports what it made.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kiln_node::gpt::{self, Guid};
+use kiln_node::layout;
+
+use crate::boot::{self, BootInput};
+use crate::disk::layout::{place, PartitionPlan};
+use crate::fs::{ext4, fat, squashfs};
+use crate::nodebin::{self, NodeBinaries};
+use crate::packages::{self, hex, Apt, Package};
+use crate::plan::{BuildPlan, K3sPlan};
+use crate::progress::Stages;
+use crate::rootfs::tree::Node;
+use crate::rootfs::{self, RootInput, BASE_UNITS};
+use crate::{initramfs, progress};
+
+/// What a build made, for the summary and for tests.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub image: PathBuf,
+    pub image_bytes: u64,
+    /// Bytes the sparse image really occupies on disk.
+    pub image_allocated_bytes: u64,
+    pub root_bytes: u64,
+    pub initramfs_bytes: u64,
+    pub packages: Vec<Package>,
+    pub kernel_version: String,
+    pub k3s: String,
+    pub k3s_is_double: bool,
+    pub sha256: String,
+    pub stages: Vec<(&'static str, Duration)>,
+    pub warnings: Vec<String>,
+}
+
+pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
+    let mut stages = Stages::default();
+    let arch = plan.board.arch;
+    let mut warnings = Vec::new();
+
+    let packages = stages.run("resolving and fetching packages", || {
+        let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
+        let apt = Apt::new(&packages::cache_dir(), &plan.board.suite, arch.debian(), &sources)?;
+        warnings.extend(apt.update(plan.refresh_packages)?);
+        let mut packages = apt.fetch(&plan.packages)?;
+        // The kernel package depends on initramfs-tools, perl and more that
+        // a kiln root never uses (kiln makes the initramfs): take only the
+        // kernel image packages from its closure.
+        let kernel = apt.fetch(std::slice::from_ref(&plan.board.kernel.package))?;
+        packages.extend(kernel.into_iter().filter(|p| p.name.starts_with("linux-image-")));
+        packages.sort();
+        packages.dedup();
+        Ok(packages)
+    })?;
+    let bins = stages.run("building in-image binaries", || nodebin::build(arch))?;
+    let k3s = stages.run("getting the k3s binary", || k3s_binary(&plan.k3s, &bins))?;
+
+    let mut root = stages.run("composing the root filesystem", || {
+        let mut files = vec![
+            ("usr/bin/kiln-firstboot".to_string(), Node::file(bins.firstboot.clone(), 0o755)),
+            ("usr/bin/k3s".to_string(), Node::file(k3s.binary.clone(), 0o755)),
+        ];
+        // What k3s's install script links to the multi-call binary.
+        for tool in ["kubectl", "crictl", "ctr"] {
+            files.push((format!("usr/bin/{tool}"), Node::symlink("k3s")));
+        }
+        if let Some(node) = &plan.baked_node {
+            files.push((layout::BAKED_NODE_CONFIG.trim_start_matches('/').into(), Node::file(node.clone(), 0o600)));
+        }
+        let mut context = tera::Context::new();
+        context.insert("image", &plan.name);
+        context.insert("board", &plan.board.name);
+        context.insert("arch", arch.debian());
+        context.insert("k3s_version", &k3s.label);
+        let mut units: Vec<String> = BASE_UNITS.iter().map(|u| u.to_string()).collect();
+        units.extend(extra_units(plan));
+        rootfs::compose(RootInput {
+            packages: &packages,
+            overlays: &plan.overlays,
+            template_context: &context,
+            files,
+            enable_units: units,
+            os_release: os_release(plan, &k3s),
+            initramfs_modules: &plan.board.initramfs_modules,
+            root_modules: &plan.board.root_modules,
+        })
+    })?;
+
+    let initrd = stages.run("building the initramfs", || {
+        initramfs::build(&initramfs::InitramfsInput {
+            init: bins.init.clone(),
+            modules: root.kernel.initramfs_modules.clone(),
+            mtime: plan.epoch,
+        })
+    })?;
+
+    let esp = stages.run("writing the boot partition", || {
+        let cmdline = format!("{} kiln.root={}", plan.board.kernel.cmdline, layout::ROOT_A_PARTITION);
+        let input = BootInput { kernel: &root.kernel.image, initrd: &initrd, cmdline };
+        let files = boot::uefi::esp_files(&mut root.tree, arch, &input)?;
+        let volume = plan.derive("esp-volume-id");
+        fat::build(
+            &fat::FatSpec {
+                size_bytes: plan.board.disk.esp_mib << 20,
+                label: "KILN-ESP".into(),
+                volume_id: u32::from_le_bytes(volume[..4].try_into().expect("4 bytes")),
+                fat32: true,
+                mtime: plan.epoch,
+            },
+            &files,
+        )
+    })?;
+
+    let squash = stages.run("writing the root squashfs", || {
+        squashfs::build(&root.tree, u32::try_from(plan.epoch).context("epoch past 2106")?)
+    })?;
+
+    let data = stages.run("formatting the data partition", || {
+        ext4::build(&ext4::Ext4Spec {
+            size_bytes: plan.board.disk.data_mib << 20,
+            label: layout::DATA_PARTITION,
+            uuid: Guid::from_hash(&plan.derive("data-fs-uuid")).to_string().to_lowercase(),
+            epoch: plan.epoch,
+        })
+    })?;
+
+    let image = plan.image_path();
+    stages.run("writing the disk image", || {
+        let guid = |what: &str| Guid::from_hash(&plan.derive(what));
+        let disk = &plan.board.disk;
+        let root_type = match arch {
+            crate::board::Arch::Amd64 => gpt::types::ROOT_X86_64,
+            crate::board::Arch::Arm64 => gpt::types::ROOT_ARM64,
+            crate::board::Arch::Armhf => gpt::types::ROOT_ARM,
+        };
+        let plans = [
+            (layout::ESP_PARTITION, gpt::types::ESP, disk.esp_mib),
+            (layout::ROOT_A_PARTITION, root_type, disk.root_slot_mib),
+            (layout::ROOT_B_PARTITION, root_type, disk.root_slot_mib),
+            (layout::DATA_PARTITION, gpt::types::LINUX_FS, disk.data_mib),
+        ]
+        .map(|(name, type_guid, mib)| PartitionPlan {
+            name: name.into(),
+            type_guid,
+            unique_guid: guid(&format!("partition-{name}")),
+            size_bytes: mib << 20,
+        });
+        let layout = place(&plans);
+        crate::disk::image::write(
+            &image,
+            &layout,
+            guid("disk"),
+            &[Some(&esp), Some(&squash), None, Some(&data)],
+        )
+    })?;
+
+    let sha256 = stages.run("checksumming", || packages::sha256_file(&image))?;
+    write_sidecar(
+        &image,
+        &Sidecar {
+            board: plan.board.name.clone(),
+            arch: arch.debian().to_string(),
+            kernel: root.kernel.version.clone(),
+            k3s: k3s.label.clone(),
+            k3s_test_double: k3s.is_double,
+            sha256: sha256.clone(),
+        },
+    )?;
+    let meta = std::fs::metadata(&image)?;
+    Ok(BuildReport {
+        image_bytes: meta.len(),
+        image_allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+        image,
+        root_bytes: squash.len() as u64,
+        initramfs_bytes: initrd.len() as u64,
+        packages,
+        kernel_version: root.kernel.version.clone(),
+        k3s: k3s.label,
+        k3s_is_double: k3s.is_double,
+        sha256,
+        stages: stages.times,
+        warnings,
+    })
+}
+
+/// The build record next to an image (`<name>.json`): what `kiln boot`
+/// needs to know about an image, and what a user wants to know.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Sidecar {
+    pub board: String,
+    pub arch: String,
+    pub kernel: String,
+    pub k3s: String,
+    pub k3s_test_double: bool,
+    pub sha256: String,
+}
+
+fn sidecar_path(image: &std::path::Path) -> PathBuf {
+    image.with_extension("json")
+}
+
+fn write_sidecar(image: &std::path::Path, record: &Sidecar) -> Result<()> {
+    let path = sidecar_path(image);
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, serde_json::to_string_pretty(record)? + "\n")?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn read_sidecar(image: &std::path::Path) -> Result<Sidecar> {
+    let path = sidecar_path(image);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Units an overlay ships that should be enabled: spec overlays can carry
+/// `etc/kiln/enable-units` (one unit per line).
+fn extra_units(plan: &BuildPlan) -> Vec<String> {
+    plan.overlays
+        .iter()
+        .filter_map(|o| std::fs::read_to_string(o.join("etc/kiln/enable-units")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn os_release(plan: &BuildPlan, k3s: &K3sBinary) -> BTreeMap<&'static str, String> {
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    BTreeMap::from([
+        ("NAME", "kiln".to_string()),
+        ("ID", "kiln".to_string()),
+        ("ID_LIKE", "debian".to_string()),
+        ("VERSION_ID", version.clone()),
+        ("PRETTY_NAME", format!("kiln {version} ({}, {})", plan.name, plan.board.name)),
+        ("IMAGE_ID", plan.name.clone()),
+        ("VARIANT_ID", plan.board.name.clone()),
+        ("K3S", if k3s.is_double { "test-double".to_string() } else { k3s.label.clone() }),
+    ])
+}
+
+pub struct K3sBinary {
+    pub binary: Vec<u8>,
+    pub label: String,
+    pub is_double: bool,
+}
+
+/// Gets the node binary and checks it; a binary carrying the test double's
+/// marker is labelled a double whatever path it came from.
+fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
+    let (binary, version) = match plan {
+        K3sPlan::TestDouble => (bins.k3s_double.clone(), None),
+        K3sPlan::File { path, sha256, version } => {
+            let data = std::fs::read(path)
+                .with_context(|| format!("reading the k3s binary {}; check k3s.path in the spec", path.display()))?;
+            if let Some(want) = sha256 {
+                check_sha256(&data, want, &path.display().to_string())?;
+            }
+            (data, version.clone())
+        }
+        K3sPlan::Url { url, sha256, version } => {
+            let mut data = Vec::new();
+            let response = ureq::get(url).call().with_context(|| format!("downloading k3s from {url}"))?;
+            std::io::Read::read_to_end(&mut response.into_reader(), &mut data)
+                .with_context(|| format!("downloading k3s from {url}"))?;
+            check_sha256(&data, sha256, url)?;
+            (data, version.clone())
+        }
+    };
+    let is_double = nodebin::is_k3s_double(&binary);
+    let label = if is_double {
+        "k3s TEST DOUBLE (not k3s)".to_string()
+    } else {
+        version.unwrap_or_else(|| "unknown version (set k3s.version in the spec)".into())
+    };
+    Ok(K3sBinary { binary, label, is_double })
+}
+
+fn check_sha256(data: &[u8], want: &str, what: &str) -> Result<()> {
+    let got = hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
+    if !got.eq_ignore_ascii_case(want) {
+        bail!("checksum mismatch for k3s binary {what}: expected sha256 {want}, got {got}; check k3s.sha256 in the spec or the file");
+    }
+    Ok(())
+}
+
+/// The human summary printed after a build.
+pub fn summary(r: &BuildReport) -> String {
+    let mut s = String::new();
+    let line = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {k:<12} {v}\n"));
+    s.push_str("kiln: build complete\n");
+    line(&mut s, "image", r.image.display().to_string());
+    line(
+        &mut s,
+        "size",
+        format!("{} raw, {} on disk (sparse)", progress::mib(r.image_bytes), progress::mib(r.image_allocated_bytes)),
+    );
+    line(&mut s, "root", format!("{} squashfs", progress::mib(r.root_bytes)));
+    line(&mut s, "initramfs", progress::mib(r.initramfs_bytes));
+    line(&mut s, "kernel", r.kernel_version.clone());
+    line(&mut s, "packages", r.packages.len().to_string());
+    line(&mut s, "k3s", r.k3s.clone());
+    line(&mut s, "sha256", r.sha256.clone());
+    let stages: Vec<String> =
+        r.stages.iter().map(|(n, d)| format!("{} {:.1}s", n.split(' ').next().unwrap_or(n), d.as_secs_f64())).collect();
+    line(&mut s, "time", format!("{:.1}s ({})", r.stages.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>(), stages.join(", ")));
+    for w in &r.warnings {
+        s.push_str(&format!("  warning: {w}\n"));
+    }
+    if r.k3s_is_double {
+        s.push_str("  WARNING: this image carries the k3s TEST DOUBLE, not k3s; it is for tests only\n");
+    }
+    s
+}

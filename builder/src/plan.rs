@@ -1,0 +1,177 @@
+//! Spec + board + command-line choices resolved into one [`BuildPlan`]
+//! before any work starts: every input is read and checked here, so bad
+//! input never gets as far as a download.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::board::{data_dir, Board};
+use crate::boot;
+use crate::rootfs::BASE_PACKAGES;
+use crate::spec::{locate_key, Spec};
+
+/// Timestamps in the image when neither the spec nor the environment sets
+/// `SOURCE_DATE_EPOCH` (2024-01-01T00:00:00Z): a fixed value keeps builds
+/// reproducible by default.
+pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
+
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    pub name: String,
+    pub board: Board,
+    /// Userland packages to resolve: base, board, boot loader, spec. The
+    /// kernel is resolved on its own (see `build`).
+    pub packages: Vec<String>,
+    /// kiln's base overlay, then the spec's (absolute paths).
+    pub overlays: Vec<PathBuf>,
+    pub k3s: K3sPlan,
+    /// Validated node config to bake in, as written.
+    pub baked_node: Option<Vec<u8>>,
+    pub mirror: Option<String>,
+    pub epoch: u64,
+    pub out_dir: PathBuf,
+    /// Hash of everything the user chose; UUIDs derive from it.
+    pub seed: [u8; 32],
+    pub refresh_packages: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum K3sPlan {
+    TestDouble,
+    File { path: PathBuf, sha256: Option<String>, version: Option<String> },
+    Url { url: String, sha256: String, version: Option<String> },
+}
+
+/// Command-line choices that shape a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildArgs {
+    pub spec: Option<PathBuf>,
+    pub board: Option<String>,
+    pub out_dir: PathBuf,
+    pub refresh_packages: bool,
+}
+
+impl BuildPlan {
+    pub fn resolve(args: &BuildArgs) -> Result<BuildPlan> {
+        let (spec, spec_text, spec_dir) = match &args.spec {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading spec {}; check the path", path.display()))?;
+                let spec = Spec::parse(&text, path)?;
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (spec, text, dir)
+            }
+            None => {
+                let Some(board) = &args.board else {
+                    bail!("give a spec file or --board; `kiln boards` lists the boards");
+                };
+                let spec = Spec {
+                    board: board.clone(),
+                    k3s: Some(crate::spec::K3sSource { test_double: true, ..Default::default() }),
+                    ..Default::default()
+                };
+                (spec, format!("board: {board}\n"), PathBuf::from("."))
+            }
+        };
+        let board_name = args.board.clone().unwrap_or_else(|| spec.board.clone());
+        let board = Board::load(&board_name)?;
+
+        let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|p| p.to_string()).collect();
+        packages.push(boot::uefi::LOADER_PACKAGE.to_string());
+        packages.extend(board.packages.iter().cloned());
+        packages.extend(spec.packages.iter().cloned());
+        packages.sort();
+        packages.dedup();
+
+        let mut overlays = vec![data_dir().join("overlays/base")];
+        for o in &spec.overlays {
+            let dir = spec_dir.join(o);
+            if !dir.is_dir() {
+                let (line, col) = locate_key(&spec_text, "overlays");
+                bail!(
+                    "{}:{}:{}: overlay {} is not a directory; paths are relative to the spec",
+                    args.spec.as_deref().unwrap_or(Path::new("spec")).display(),
+                    line.unwrap_or(0),
+                    col.unwrap_or(0),
+                    dir.display()
+                );
+            }
+            overlays.push(dir);
+        }
+
+        let k3s = match &spec.k3s {
+            None => bail!(
+                "the spec names no k3s binary; add `k3s: {{path: ...}}`, `k3s: {{url: ..., sha256: ...}}` \
+                 or, for tests, `k3s: {{test-double: true}}`"
+            ),
+            Some(k) if k.test_double => K3sPlan::TestDouble,
+            Some(k) => match (&k.path, &k.url, &k.sha256) {
+                (Some(p), _, sum) => K3sPlan::File {
+                    path: spec_dir.join(p),
+                    sha256: sum.clone(),
+                    version: k.version.clone(),
+                },
+                (None, Some(url), Some(sum)) => {
+                    K3sPlan::Url { url: url.clone(), sha256: sum.clone(), version: k.version.clone() }
+                }
+                _ => unreachable!("Spec::parse checks the k3s source"),
+            },
+        };
+
+        let baked_node = match (&spec.node, &spec.node_file) {
+            (Some(value), _) => Some(serde_yaml::to_string(value)?.into_bytes()),
+            (None, Some(file)) => {
+                let path = spec_dir.join(file);
+                Some(std::fs::read(&path).with_context(|| {
+                    format!("reading node-file {}; paths are relative to the spec", path.display())
+                })?)
+            }
+            (None, None) => None,
+        };
+        if let Some(bytes) = &baked_node {
+            let source = spec.node_file.as_ref().map_or("spec `node`".to_string(), |f| f.display().to_string());
+            kiln_node::config::parse_bytes(bytes, &source)
+                .map_err(|e| anyhow::anyhow!("baked node config is invalid: {e}"))?;
+        }
+
+        let epoch = match (spec.source_date_epoch, std::env::var("SOURCE_DATE_EPOCH")) {
+            (Some(e), _) => e,
+            (None, Ok(e)) => e.trim().parse().context("SOURCE_DATE_EPOCH is not a number")?,
+            (None, Err(_)) => DEFAULT_EPOCH,
+        };
+
+        let board_text = serde_yaml::to_string(&format!("{board:?}"))?;
+        let mut h = Sha256::new();
+        h.update(spec_text.as_bytes());
+        h.update(board_text.as_bytes());
+        let seed: [u8; 32] = h.finalize().into();
+
+        Ok(BuildPlan {
+            name: spec.name.clone().unwrap_or_else(|| board.name.clone()),
+            board,
+            packages,
+            overlays,
+            k3s,
+            baked_node,
+            mirror: spec.mirror.clone(),
+            epoch,
+            out_dir: args.out_dir.clone(),
+            seed,
+            refresh_packages: args.refresh_packages,
+        })
+    }
+
+    /// A stable 16-byte value for `purpose` (a GUID, a volume id, ...).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.seed);
+        h.update(purpose.as_bytes());
+        h.finalize().into()
+    }
+
+    pub fn image_path(&self) -> PathBuf {
+        self.out_dir.join(format!("{}.img", self.name))
+    }
+}
