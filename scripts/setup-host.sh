@@ -39,7 +39,7 @@ SRC
 add_backports
 $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continuing with the indexes it fetched" >&2
 
-pkgs_base="e2fsprogs ca-certificates xz-utils zstd"
+pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd"
 pkgs_qemu="qemu-system-x86 ovmf"
 if [ "$codename" = bookworm ]; then
   $SUDO apt-get install -y -q --no-install-recommends $pkgs_base ovmf

@@ -113,6 +113,12 @@ pub struct QemuBoard {
     pub memory_mib: u32,
     pub smp: u32,
     pub disk_device: String,
+    /// NIC on QEMU's restricted user network; none if absent.
+    pub net_device: Option<String>,
+    /// Which serial port carries the console (0 = first).
+    #[serde(default)]
+    pub console_serial: u32,
+    #[serde(with = "serde_yaml::with::singleton_map")]
     pub firmware: QemuFirmware,
     /// Debian packages that provide `binary` and the firmware (for errors).
     pub host_packages: Vec<String>,

@@ -17,5 +17,17 @@
 //! - [`qemu`]: boots an image under QEMU and watches its serial console.
 
 pub mod board;
+pub mod boot;
+pub mod build;
+pub mod cli;
+pub mod disk;
+pub mod fs;
+pub mod initramfs;
+pub mod logger;
+pub mod nodebin;
 pub mod packages;
+pub mod plan;
+pub mod progress;
+pub mod qemu;
+pub mod rootfs;
 pub mod spec;

@@ -1,0 +1,157 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::board::{Board, QemuFirmware};
+use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
+
+/// Boot an image in QEMU and wait until the node is ready.
+///
+/// Runs the board's QEMU machine under TCG with its firmware, the serial
+/// console on stdout and in a log file, and the guest network restricted
+/// to this machine. Exit code: 0 ready, 1 boot failed (kernel panic,
+/// kiln error, firmware shell), 2 timed out, 3 could not start.
+#[derive(Debug, clap::Args)]
+pub struct BootCmd {
+    /// Raw disk image made by `kiln build`. It is booted in place: the
+    /// guest's first boot changes it (data partition, /var, /etc).
+    pub image: PathBuf,
+    /// node.yaml passed to the guest through QEMU fw_cfg.
+    #[arg(long)]
+    pub node: Option<PathBuf>,
+    /// Seconds to wait for every expected line.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Console text that must appear (repeatable; all must appear).
+    /// Default: `kiln: node ready`.
+    #[arg(long)]
+    pub expect: Vec<String>,
+    /// Board the image was built for (default: read from IMAGE's .json).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Grow the image file to this size first (e.g. 4G), as if flashed to a
+    /// bigger disk; never shrinks.
+    #[arg(long, value_parser = parse_size)]
+    pub grow: Option<u64>,
+    /// Console log file (default: IMAGE with `.console.log`).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// After the expected lines, wait for the guest to power off itself
+    /// instead of stopping it.
+    #[arg(long)]
+    pub wait_exit: bool,
+    /// Don't echo the console.
+    #[arg(long)]
+    pub no_echo: bool,
+}
+
+impl BootCmd {
+    pub fn run(self) -> ExitCode {
+        match self.boot() {
+            Ok(BootOutcome::Ready { seconds, .. }) => {
+                eprintln!("kiln: boot ok: every expected line seen after {seconds:.1} s");
+                ExitCode::SUCCESS
+            }
+            Ok(BootOutcome::Failed { reason, tail }) => {
+                eprintln!("kiln: boot failed: {reason}\nlast console lines:\n{}", tail.join("\n"));
+                ExitCode::from(1)
+            }
+            Ok(BootOutcome::TimedOut { missing, tail }) => {
+                eprintln!(
+                    "kiln: boot timed out after {} s waiting for: {}\nlast console lines:\n{}",
+                    self.timeout,
+                    missing.join(", "),
+                    tail.join("\n")
+                );
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("kiln: error: {e:#}");
+                ExitCode::from(3)
+            }
+        }
+    }
+
+    fn boot(&self) -> Result<BootOutcome> {
+        if !self.image.is_file() {
+            bail!("image {} not found; build it with `kiln build`", self.image.display());
+        }
+        let board_name = match &self.board {
+            Some(b) => b.clone(),
+            None => crate::build::read_sidecar(&self.image)
+                .with_context(|| format!("no --board given and no build record next to {}", self.image.display()))?
+                .board,
+        };
+        let board = Board::load(&board_name)?;
+        let Some(q) = &board.qemu else { bail!("board {board_name} cannot be booted in QEMU") };
+        if let Some(node) = &self.node {
+            let text = std::fs::read_to_string(node).with_context(|| format!("reading {}", node.display()))?;
+            kiln_node::config::parse(&text, &node.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if let Some(size) = self.grow {
+            let file = std::fs::OpenOptions::new().write(true).open(&self.image)?;
+            if file.metadata()?.len() < size {
+                file.set_len(size).context("growing the image")?;
+            }
+        }
+        let (firmware, files) = match &q.firmware {
+            QemuFirmware::Uefi { code, vars } => (
+                Firmware::Uefi { code: code.clone(), vars_template: vars.clone() },
+                [code.clone(), vars.clone()],
+            ),
+        };
+        for path in files {
+            if !path.exists() {
+                bail!("{} not found; install {} (see README)", path.display(), q.host_packages.join(" "));
+            }
+        }
+        let cfg = QemuConfig {
+            binary: q.binary.clone(),
+            machine: q.machine.clone(),
+            cpu: q.cpu.clone(),
+            memory_mib: q.memory_mib,
+            smp: q.smp,
+            firmware,
+            disk_device: q.disk_device.clone(),
+            net_device: q.net_device.clone(),
+            console_serial: q.console_serial,
+            extra_args: Vec::new(),
+        };
+        let expect = if self.expect.is_empty() { vec!["kiln: node ready".to_string()] } else { self.expect.clone() };
+        let req = BootRequest {
+            image: self.image.clone(),
+            node_config: self.node.clone(),
+            expect,
+            fail_on: FAIL_ON.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_secs(self.timeout),
+            log: self.log.clone().unwrap_or_else(|| self.image.with_extension("console.log")),
+            wait_exit: self.wait_exit,
+            verbose: !self.no_echo,
+        };
+        qemu::boot(&cfg, &req).map_err(|e| {
+            if e.to_string().contains("not found") {
+                anyhow::anyhow!("{e:#}; install {}", q.host_packages.join(" "))
+            } else {
+                e
+            }
+        })
+    }
+}
+
+/// Console text that means the boot cannot succeed: stop at once rather
+/// than wait for the timeout. `Shell>` is OVMF's shell: no disk booted.
+const FAIL_ON: &[&str] = &["kiln-init: ERROR", "kiln: ERROR", "Kernel panic", "Shell>"];
+
+/// `4G`, `512M`, `1024` (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().map(|n| n * mult).map_err(|_| format!("`{s}` is not a size like 4G or 512M"))
+}

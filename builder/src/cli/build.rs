@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::build::{build, summary};
+use crate::plan::{BuildArgs, BuildPlan};
+
+/// Build a disk image from a spec (or from a board's defaults).
+///
+/// Writes `OUT/<name>.img`, a raw disk ready for `kiln boot`, dd or a
+/// hypervisor. Packages come from Debian through the host's apt and are
+/// cached in ~/.cache/kiln (KILN_CACHE_DIR overrides). The same spec and
+/// package versions always give the same bytes.
+#[derive(Debug, clap::Args)]
+pub struct BuildCmd {
+    /// Image spec (YAML). Without it, --board builds that board's default
+    /// image with the k3s test double.
+    pub spec: Option<PathBuf>,
+    /// Board to build for (overrides the spec's `board`).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Directory for the outputs.
+    #[arg(long, short, default_value = "out")]
+    pub out: PathBuf,
+    /// Refresh the package lists even if the cached ones are recent.
+    #[arg(long)]
+    pub refresh: bool,
+}
+
+impl BuildCmd {
+    pub fn run(self) -> Result<()> {
+        let plan = BuildPlan::resolve(&BuildArgs {
+            spec: self.spec,
+            board: self.board,
+            out_dir: self.out,
+            refresh_packages: self.refresh,
+        })?;
+        let report = build(&plan)?;
+        eprint!("{}", summary(&report));
+        println!("{}", report.image.display());
+        Ok(())
+    }
+}
