@@ -47,7 +47,7 @@ fn cargo_build(arch: Arch) -> Result<PathBuf> {
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env(flags_var, "-C target-feature=+crt-static")
-        .args(["build", "--release", "--quiet", "--target", target])
+        .args(["build", "--profile", "node", "--quiet", "--target", target])
         .args(["-p", "kiln-node", "-p", "k3s-double"])
         .output()
         .with_context(|| format!("running {} (is Rust installed?)", cargo.to_string_lossy()))?;
@@ -60,7 +60,7 @@ fn cargo_build(arch: Arch) -> Result<PathBuf> {
         };
         bail!("building the in-image binaries for {target} failed{hint}:\n{}", err.trim());
     }
-    Ok(target_dir.join(target).join("release"))
+    Ok(target_dir.join(target).join("node"))
 }
 
 /// Refuses a binary for the wrong machine or one that needs a dynamic

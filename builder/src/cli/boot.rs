@@ -11,8 +11,10 @@ use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 ///
 /// Runs the board's QEMU machine under TCG with its firmware, the serial
 /// console on stdout and in a log file, and the guest network restricted
-/// to this machine. Exit code: 0 ready, 1 boot failed (kernel panic,
-/// kiln error, firmware shell), 2 timed out, 3 could not start.
+/// to this machine.
+///
+/// Exit codes: 0 ready, 1 boot failed (kernel panic, kiln error, firmware
+/// shell), 2 timed out, 3 could not start.
 #[derive(Debug, clap::Args)]
 pub struct BootCmd {
     /// Raw disk image made by `kiln build`. It is booted in place: the

@@ -9,8 +9,8 @@ use crate::plan::{BuildArgs, BuildPlan};
 ///
 /// Writes `OUT/<name>.img`, a raw disk ready for `kiln boot`, dd or a
 /// hypervisor. Packages come from Debian through the host's apt and are
-/// cached in ~/.cache/kiln (KILN_CACHE_DIR overrides). The same spec and
-/// package versions always give the same bytes.
+/// cached in ~/.cache/kiln (KILN_CACHE_DIR overrides). Builds are
+/// reproducible: the same spec and package versions give the same bytes.
 #[derive(Debug, clap::Args)]
 pub struct BuildCmd {
     /// Image spec (YAML). Without it, --board builds that board's default

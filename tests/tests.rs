@@ -1,0 +1,14 @@
+//! kiln's integration tests: the `kiln` binary driven as a user would.
+//!
+//! - `cli`: help texts and small commands.
+//! - `validate`: `kiln validate` on good and broken node configs and specs.
+//! - `build`: bad input fails early and clearly; builds are reproducible.
+//! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
+//!
+//! Images are built once per test run and shared (see `util::selftest_image`).
+
+mod boot;
+mod build;
+mod cli;
+mod util;
+mod validate;
