@@ -12,7 +12,11 @@ fn build_spec(name: &str, spec: &str, extra: &[(&str, &[u8])]) -> (Run, std::pat
     for (file, data) in extra {
         std::fs::write(dir.join(file), data).unwrap();
     }
-    let r = run(kiln().arg("build").arg(dir.join("spec.yaml")).arg("--out").arg(dir.join("out")));
+    let r = run(kiln()
+        .arg("build")
+        .arg(dir.join("spec.yaml"))
+        .arg("--out")
+        .arg(dir.join("out")));
     (r, dir)
 }
 
@@ -20,28 +24,48 @@ fn build_spec(name: &str, spec: &str, extra: &[(&str, &[u8])]) -> (Run, std::pat
 fn assert_no_image(dir: &Path) {
     let out = dir.join("out");
     let images: Vec<_> = std::fs::read_dir(&out)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(images.iter().all(|f| !f.ends_with(".img")), "an image was left behind: {images:?}");
+    assert!(
+        images.iter().all(|f| !f.ends_with(".img")),
+        "an image was left behind: {images:?}"
+    );
 }
 
 #[test]
 fn unknown_board_lists_the_boards() {
-    let (r, dir) = build_spec("bad-board", "board: raspberry-pi-9\nk3s: {test-double: true}\n", &[]);
-    r.failure(1, "unknown board `raspberry-pi-9`; available boards: ").failure(1, "qemu-x86_64");
+    let (r, dir) = build_spec(
+        "bad-board",
+        "board: raspberry-pi-9\nk3s: {test-double: true}\n",
+        &[],
+    );
+    r.failure(1, "unknown board `raspberry-pi-9`; available boards: ")
+        .failure(1, "qemu-x86_64");
     assert_no_image(&dir);
 }
 
 #[test]
 fn malformed_yaml_is_placed() {
-    let (r, dir) = build_spec("bad-yaml", "board: qemu-x86_64\npackages: [curl\nk3s: {test-double: true}\n", &[]);
+    let (r, dir) = build_spec(
+        "bad-yaml",
+        "board: qemu-x86_64\npackages: [curl\nk3s: {test-double: true}\n",
+        &[],
+    );
     r.failure(1, "spec.yaml:3:");
     assert_no_image(&dir);
 }
 
 #[test]
 fn unknown_key_is_placed() {
-    let (r, dir) = build_spec("bad-key", "board: qemu-x86_64\nk3s: {test-double: true}\noverlay: [x]\n", &[]);
+    let (r, dir) = build_spec(
+        "bad-key",
+        "board: qemu-x86_64\nk3s: {test-double: true}\noverlay: [x]\n",
+        &[],
+    );
     r.failure(1, "spec.yaml:3:1: unknown field `overlay`, expected one of");
     assert_no_image(&dir);
 }
@@ -61,7 +85,8 @@ fn missing_package_is_named() {
 fn bad_k3s_checksum_is_refused() {
     let spec = "board: qemu-x86_64\nk3s:\n  path: k3s\n  sha256: 0000000000000000000000000000000000000000000000000000000000000000\n";
     let (r, dir) = build_spec("bad-checksum", spec, &[("k3s", b"not really k3s")]);
-    r.failure(1, "checksum mismatch for k3s binary").failure(1, "expected sha256 0000");
+    r.failure(1, "checksum mismatch for k3s binary")
+        .failure(1, "expected sha256 0000");
     assert_no_image(&dir);
 }
 
@@ -76,7 +101,11 @@ fn invalid_baked_node_config_is_refused() {
 #[test]
 fn missing_apt_is_explained() {
     let dir = scratch("no-apt");
-    std::fs::write(dir.join("spec.yaml"), "board: qemu-x86_64\nk3s: {test-double: true}\n").unwrap();
+    std::fs::write(
+        dir.join("spec.yaml"),
+        "board: qemu-x86_64\nk3s: {test-double: true}\n",
+    )
+    .unwrap();
     let r = run(kiln()
         .arg("build")
         .arg(dir.join("spec.yaml"))
@@ -90,8 +119,18 @@ fn missing_apt_is_explained() {
 #[test]
 fn summary_names_the_double_and_sizes() {
     let built = selftest_image();
-    for needle in ["kiln: build complete", "k3s TEST DOUBLE", "WARNING: this image carries the k3s TEST DOUBLE", "squashfs", "sha256"] {
-        assert!(built.summary.contains(needle), "summary lacks {needle:?}:\n{}", built.summary);
+    for needle in [
+        "kiln: build complete",
+        "k3s TEST DOUBLE",
+        "WARNING: this image carries the k3s TEST DOUBLE",
+        "squashfs",
+        "sha256",
+    ] {
+        assert!(
+            built.summary.contains(needle),
+            "summary lacks {needle:?}:\n{}",
+            built.summary
+        );
     }
 }
 
@@ -99,13 +138,22 @@ fn summary_names_the_double_and_sizes() {
 fn same_spec_builds_the_same_bytes() {
     let first = selftest_image();
     let second = crate::util::build_selftest("selftest-build-again");
-    assert_eq!(first.sha256, second.sha256, "two builds of the same spec report different sha256");
-    assert!(same_bytes(&first.image, &second.image), "two builds of the same spec differ");
+    assert_eq!(
+        first.sha256, second.sha256,
+        "two builds of the same spec report different sha256"
+    );
+    assert!(
+        same_bytes(&first.image, &second.image),
+        "two builds of the same spec differ"
+    );
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (mut a, mut b) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
     let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let n = a.read(&mut x).unwrap();

@@ -3,17 +3,41 @@ use crate::util::{kiln, run};
 #[test]
 fn help_texts_explain_each_command_within_80_columns() {
     for (args, needles) in [
-        (vec!["--help"], vec!["build", "boot", "validate", "boards", "immutable"]),
-        (vec!["build", "--help"], vec!["SPEC", "--board", "--out", "reproducible", "cache"]),
-        (vec!["boot", "--help"], vec!["--node", "--timeout", "--expect", "fw_cfg", "Exit codes: 0 ready"]),
+        (
+            vec!["--help"],
+            vec!["build", "boot", "validate", "boards", "immutable"],
+        ),
+        (
+            vec!["build", "--help"],
+            vec!["SPEC", "--board", "--out", "reproducible", "cache"],
+        ),
+        (
+            vec!["boot", "--help"],
+            vec![
+                "--node",
+                "--timeout",
+                "--expect",
+                "fw_cfg",
+                "Exit codes: 0 ready",
+            ],
+        ),
         (vec!["validate", "--help"], vec!["node.yaml", "line"]),
     ] {
         let r = run(kiln().args(&args)).success();
         for n in needles {
-            assert!(r.stdout.contains(n), "`kiln {}` help lacks {n:?}:\n{}", args.join(" "), r.stdout);
+            assert!(
+                r.stdout.contains(n),
+                "`kiln {}` help lacks {n:?}:\n{}",
+                args.join(" "),
+                r.stdout
+            );
         }
         for line in r.stdout.lines() {
-            assert!(line.chars().count() <= 80, "`kiln {}` help line over 80 columns: {line:?}", args.join(" "));
+            assert!(
+                line.chars().count() <= 80,
+                "`kiln {}` help line over 80 columns: {line:?}",
+                args.join(" ")
+            );
         }
     }
 }
@@ -21,5 +45,11 @@ fn help_texts_explain_each_command_within_80_columns() {
 #[test]
 fn boards_lists_qemu_x86_64() {
     let r = run(kiln().arg("boards")).success();
-    assert!(r.stdout.lines().any(|l| l.starts_with("qemu-x86_64") && l.contains("amd64")), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("qemu-x86_64") && l.contains("amd64")),
+        "{}",
+        r.stdout
+    );
 }

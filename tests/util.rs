@@ -15,7 +15,9 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// Where tests put what they make; kept after the run for inspection.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-tests").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("kiln-tests")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -45,14 +47,30 @@ impl Run {
 
     #[track_caller]
     pub fn success(self) -> Run {
-        assert_eq!(self.code, Some(0), "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn failure(self, code: i32, needle: &str) -> Run {
-        assert_eq!(self.code, Some(code), "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
         self
     }
 }
@@ -82,22 +100,40 @@ pub fn selftest_image() -> &'static BuiltImage {
 
 pub fn build_selftest(dir: &str) -> BuiltImage {
     let out = scratch(dir);
-    let r = run(kiln().arg("build").arg(fixture("selftest/spec.yaml")).arg("--out").arg(&out)).success();
+    let r = run(kiln()
+        .arg("build")
+        .arg(fixture("selftest/spec.yaml"))
+        .arg("--out")
+        .arg(&out))
+    .success();
     let image = out.join("kiln-selftest.img");
-    assert_eq!(r.stdout.trim(), image.display().to_string(), "stdout names the image");
+    assert_eq!(
+        r.stdout.trim(),
+        image.display().to_string(),
+        "stdout names the image"
+    );
     let sidecar = std::fs::read_to_string(out.join("kiln-selftest.json")).unwrap();
     let sha256 = sidecar
         .lines()
         .find_map(|l| l.trim().strip_prefix("\"sha256\": \""))
         .map(|s| s.trim_end_matches([',', '"']).to_string())
         .expect("sidecar has sha256");
-    BuiltImage { image, sha256, summary: r.stderr }
+    BuiltImage {
+        image,
+        sha256,
+        summary: r.stderr,
+    }
 }
 
 /// A private, sparse copy of an image (tests never boot the shared file).
 pub fn copy_image(src: &Path, dir: &Path) -> PathBuf {
     let dest = dir.join(src.file_name().unwrap());
-    let status = Command::new("cp").arg("--sparse=always").arg(src).arg(&dest).status().unwrap();
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(src)
+        .arg(&dest)
+        .status()
+        .unwrap();
     assert!(status.success());
     std::fs::copy(src.with_extension("json"), dest.with_extension("json")).unwrap();
     dest

@@ -160,7 +160,9 @@ impl Board {
         let path = if name_or_path.ends_with(".yaml") {
             PathBuf::from(name_or_path)
         } else {
-            data_dir().join("boards").join(format!("{name_or_path}.yaml"))
+            data_dir()
+                .join("boards")
+                .join(format!("{name_or_path}.yaml"))
         };
         if !path.exists() {
             bail!(

@@ -44,14 +44,23 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
 
     let packages = stages.run("resolving and fetching packages", || {
         let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
-        let apt = Apt::new(&packages::cache_dir(), &plan.board.suite, arch.debian(), &sources)?;
+        let apt = Apt::new(
+            &packages::cache_dir(),
+            &plan.board.suite,
+            arch.debian(),
+            &sources,
+        )?;
         warnings.extend(apt.update(plan.refresh_packages)?);
         let mut packages = apt.fetch(&plan.packages)?;
         // The kernel package depends on initramfs-tools, perl and more that
         // a kiln root never uses (kiln makes the initramfs): take only the
         // kernel image packages from its closure.
         let kernel = apt.fetch(std::slice::from_ref(&plan.board.kernel.package))?;
-        packages.extend(kernel.into_iter().filter(|p| p.name.starts_with("linux-image-")));
+        packages.extend(
+            kernel
+                .into_iter()
+                .filter(|p| p.name.starts_with("linux-image-")),
+        );
         packages.sort();
         packages.dedup();
         Ok(packages)
@@ -61,15 +70,24 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
 
     let mut root = stages.run("composing the root filesystem", || {
         let mut files = vec![
-            ("usr/bin/kiln-firstboot".to_string(), Node::file(bins.firstboot.clone(), 0o755)),
-            ("usr/bin/k3s".to_string(), Node::file(k3s.binary.clone(), 0o755)),
+            (
+                "usr/bin/kiln-firstboot".to_string(),
+                Node::file(bins.firstboot.clone(), 0o755),
+            ),
+            (
+                "usr/bin/k3s".to_string(),
+                Node::file(k3s.binary.clone(), 0o755),
+            ),
         ];
         // What k3s's install script links to the multi-call binary.
         for tool in ["kubectl", "crictl", "ctr"] {
             files.push((format!("usr/bin/{tool}"), Node::symlink("k3s")));
         }
         if let Some(node) = &plan.baked_node {
-            files.push((layout::BAKED_NODE_CONFIG.trim_start_matches('/').into(), Node::file(node.clone(), 0o600)));
+            files.push((
+                layout::BAKED_NODE_CONFIG.trim_start_matches('/').into(),
+                Node::file(node.clone(), 0o600),
+            ));
         }
         let mut context = tera::Context::new();
         context.insert("image", &plan.name);
@@ -99,8 +117,16 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let esp = stages.run("writing the boot partition", || {
-        let cmdline = format!("{} kiln.root={}", plan.board.kernel.cmdline, layout::ROOT_A_PARTITION);
-        let input = BootInput { kernel: &root.kernel.image, initrd: &initrd, cmdline };
+        let cmdline = format!(
+            "{} kiln.root={}",
+            plan.board.kernel.cmdline,
+            layout::ROOT_A_PARTITION
+        );
+        let input = BootInput {
+            kernel: &root.kernel.image,
+            initrd: &initrd,
+            cmdline,
+        };
         let files = boot::uefi::esp_files(&mut root.tree, arch, &input)?;
         let volume = plan.derive("esp-volume-id");
         fat::build(
@@ -116,14 +142,19 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let squash = stages.run("writing the root squashfs", || {
-        squashfs::build(&root.tree, u32::try_from(plan.epoch).context("epoch past 2106")?)
+        squashfs::build(
+            &root.tree,
+            u32::try_from(plan.epoch).context("epoch past 2106")?,
+        )
     })?;
 
     let data = stages.run("formatting the data partition", || {
         ext4::build(&ext4::Ext4Spec {
             size_bytes: plan.board.disk.data_mib << 20,
             label: layout::DATA_PARTITION,
-            uuid: Guid::from_hash(&plan.derive("data-fs-uuid")).to_string().to_lowercase(),
+            uuid: Guid::from_hash(&plan.derive("data-fs-uuid"))
+                .to_string()
+                .to_lowercase(),
             epoch: plan.epoch,
         })
     })?;
@@ -212,7 +243,8 @@ fn write_sidecar(image: &std::path::Path, record: &Sidecar) -> Result<()> {
 
 pub fn read_sidecar(image: &std::path::Path) -> Result<Sidecar> {
     let path = sidecar_path(image);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -239,10 +271,20 @@ fn os_release(plan: &BuildPlan, k3s: &K3sBinary) -> BTreeMap<&'static str, Strin
         ("ID", "kiln".to_string()),
         ("ID_LIKE", "debian".to_string()),
         ("VERSION_ID", version.clone()),
-        ("PRETTY_NAME", format!("kiln {version} ({}, {})", plan.name, plan.board.name)),
+        (
+            "PRETTY_NAME",
+            format!("kiln {version} ({}, {})", plan.name, plan.board.name),
+        ),
         ("IMAGE_ID", plan.name.clone()),
         ("VARIANT_ID", plan.board.name.clone()),
-        ("K3S", if k3s.is_double { "test-double".to_string() } else { k3s.label.clone() }),
+        (
+            "K3S",
+            if k3s.is_double {
+                "test-double".to_string()
+            } else {
+                k3s.label.clone()
+            },
+        ),
     ])
 }
 
@@ -257,17 +299,31 @@ pub struct K3sBinary {
 fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
     let (binary, version) = match plan {
         K3sPlan::TestDouble => (bins.k3s_double.clone(), None),
-        K3sPlan::File { path, sha256, version } => {
-            let data = std::fs::read(path)
-                .with_context(|| format!("reading the k3s binary {}; check k3s.path in the spec", path.display()))?;
+        K3sPlan::File {
+            path,
+            sha256,
+            version,
+        } => {
+            let data = std::fs::read(path).with_context(|| {
+                format!(
+                    "reading the k3s binary {}; check k3s.path in the spec",
+                    path.display()
+                )
+            })?;
             if let Some(want) = sha256 {
                 check_sha256(&data, want, &path.display().to_string())?;
             }
             (data, version.clone())
         }
-        K3sPlan::Url { url, sha256, version } => {
+        K3sPlan::Url {
+            url,
+            sha256,
+            version,
+        } => {
             let mut data = Vec::new();
-            let response = ureq::get(url).call().with_context(|| format!("downloading k3s from {url}"))?;
+            let response = ureq::get(url)
+                .call()
+                .with_context(|| format!("downloading k3s from {url}"))?;
             std::io::Read::read_to_end(&mut response.into_reader(), &mut data)
                 .with_context(|| format!("downloading k3s from {url}"))?;
             check_sha256(&data, sha256, url)?;
@@ -280,7 +336,11 @@ fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
     } else {
         version.unwrap_or_else(|| "unknown version (set k3s.version in the spec)".into())
     };
-    Ok(K3sBinary { binary, label, is_double })
+    Ok(K3sBinary {
+        binary,
+        label,
+        is_double,
+    })
 }
 
 fn check_sha256(data: &[u8], want: &str, what: &str) -> Result<()> {
@@ -300,22 +360,49 @@ pub fn summary(r: &BuildReport) -> String {
     line(
         &mut s,
         "size",
-        format!("{} raw, {} on disk (sparse)", progress::mib(r.image_bytes), progress::mib(r.image_allocated_bytes)),
+        format!(
+            "{} raw, {} on disk (sparse)",
+            progress::mib(r.image_bytes),
+            progress::mib(r.image_allocated_bytes)
+        ),
     );
-    line(&mut s, "root", format!("{} squashfs", progress::mib(r.root_bytes)));
+    line(
+        &mut s,
+        "root",
+        format!("{} squashfs", progress::mib(r.root_bytes)),
+    );
     line(&mut s, "initramfs", progress::mib(r.initramfs_bytes));
     line(&mut s, "kernel", r.kernel_version.clone());
     line(&mut s, "packages", r.packages.len().to_string());
     line(&mut s, "k3s", r.k3s.clone());
     line(&mut s, "sha256", r.sha256.clone());
-    let stages: Vec<String> =
-        r.stages.iter().map(|(n, d)| format!("{} {:.1}s", n.split(' ').next().unwrap_or(n), d.as_secs_f64())).collect();
-    line(&mut s, "time", format!("{:.1}s ({})", r.stages.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>(), stages.join(", ")));
+    let stages: Vec<String> = r
+        .stages
+        .iter()
+        .map(|(n, d)| {
+            format!(
+                "{} {:.1}s",
+                n.split(' ').next().unwrap_or(n),
+                d.as_secs_f64()
+            )
+        })
+        .collect();
+    line(
+        &mut s,
+        "time",
+        format!(
+            "{:.1}s ({})",
+            r.stages.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>(),
+            stages.join(", ")
+        ),
+    );
     for w in &r.warnings {
         s.push_str(&format!("  warning: {w}\n"));
     }
     if r.k3s_is_double {
-        s.push_str("  WARNING: this image carries the k3s TEST DOUBLE, not k3s; it is for tests only\n");
+        s.push_str(
+            "  WARNING: this image carries the k3s TEST DOUBLE, not k3s; it is for tests only\n",
+        );
     }
     s
 }

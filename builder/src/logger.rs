@@ -24,5 +24,9 @@ impl log::Log for Stderr {
 
 pub fn init(quiet: bool) {
     let _ = log::set_logger(&Stderr);
-    log::set_max_level(if quiet { log::LevelFilter::Warn } else { log::LevelFilter::Info });
+    log::set_max_level(if quiet {
+        log::LevelFilter::Warn
+    } else {
+        log::LevelFilter::Info
+    });
 }

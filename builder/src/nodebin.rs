@@ -41,7 +41,10 @@ fn cargo_build(arch: Arch) -> Result<PathBuf> {
     let target = arch.rust_target();
     let target_dir = root.join("target/node");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let flags_var = format!("CARGO_TARGET_{}_RUSTFLAGS", target.to_uppercase().replace('-', "_"));
+    let flags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        target.to_uppercase().replace('-', "_")
+    );
     log::info!("building kiln-init, kiln-firstboot and the k3s double for {target}");
     let out = Command::new(&cargo)
         .current_dir(&root)
@@ -58,7 +61,10 @@ fn cargo_build(arch: Arch) -> Result<PathBuf> {
         } else {
             String::new()
         };
-        bail!("building the in-image binaries for {target} failed{hint}:\n{}", err.trim());
+        bail!(
+            "building the in-image binaries for {target} failed{hint}:\n{}",
+            err.trim()
+        );
     }
     Ok(target_dir.join(target).join("node"))
 }
@@ -69,7 +75,12 @@ fn cargo_build(arch: Arch) -> Result<PathBuf> {
 pub fn check_static_elf(data: &[u8], arch: Arch) -> Result<()> {
     let info = elf_info(data).context("not an ELF executable")?;
     if info.machine != elf_machine(arch) {
-        bail!("built for ELF machine {:#x}, the board needs {:#x} ({})", info.machine, elf_machine(arch), arch.debian());
+        bail!(
+            "built for ELF machine {:#x}, the board needs {:#x} ({})",
+            info.machine,
+            elf_machine(arch),
+            arch.debian()
+        );
     }
     if info.has_interpreter {
         bail!("dynamically linked (has PT_INTERP); in-image binaries must be static");
@@ -103,12 +114,24 @@ pub fn elf_info(data: &[u8]) -> Option<ElfInfo> {
     let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
     let machine = u16_at(18)?;
     let (phoff, phentsize, phnum) = if class64 {
-        (u64_at(32)? as usize, u16_at(54)? as usize, u16_at(56)? as usize)
+        (
+            u64_at(32)? as usize,
+            u16_at(54)? as usize,
+            u16_at(56)? as usize,
+        )
     } else {
-        (u32_at(28)? as usize, u16_at(42)? as usize, u16_at(44)? as usize)
+        (
+            u32_at(28)? as usize,
+            u16_at(42)? as usize,
+            u16_at(44)? as usize,
+        )
     };
     let has_interpreter = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(3));
-    Some(ElfInfo { machine, class64, has_interpreter })
+    Some(ElfInfo {
+        machine,
+        class64,
+        has_interpreter,
+    })
 }
 
 /// The byte string the k3s test double embeds, so an image built with it
@@ -116,7 +139,9 @@ pub fn elf_info(data: &[u8]) -> Option<ElfInfo> {
 pub const K3S_DOUBLE_MARKER: &[u8] = b"KILN-K3S-TEST-DOUBLE";
 
 pub fn is_k3s_double(binary: &[u8]) -> bool {
-    binary.windows(K3S_DOUBLE_MARKER.len()).any(|w| w == K3S_DOUBLE_MARKER)
+    binary
+        .windows(K3S_DOUBLE_MARKER.len())
+        .any(|w| w == K3S_DOUBLE_MARKER)
 }
 
 #[cfg(test)]

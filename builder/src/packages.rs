@@ -46,7 +46,11 @@ pub fn cache_dir() -> PathBuf {
 /// from the host's apt configuration, or built from `mirror` when given.
 pub fn sources_for(suite: &str, mirror: Option<&str>) -> Result<Vec<Source>> {
     let host = read_host_sources(Path::new("/etc/apt"));
-    let wanted = [suite.to_string(), format!("{suite}-updates"), format!("{suite}-security")];
+    let wanted = [
+        suite.to_string(),
+        format!("{suite}-updates"),
+        format!("{suite}-security"),
+    ];
     if let Some(mirror) = mirror {
         let keyring = host
             .iter()
@@ -101,7 +105,9 @@ fn read_host_sources(etc: &Path) -> Vec<Source> {
         .collect();
     files.sort();
     for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
         match f.extension().and_then(|e| e.to_str()) {
             Some("sources") => out.extend(parse_deb822_sources(&text)),
             Some("list") => out.extend(parse_one_line_sources(&text)),
@@ -123,7 +129,9 @@ pub fn parse_deb822_sources(text: &str) -> Vec<Source> {
         };
         let enabled = field("Enabled").is_none_or(|v| v != "no");
         let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else { continue };
+        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else {
+            continue;
+        };
         if !enabled || !is_deb {
             continue;
         }
@@ -151,11 +159,15 @@ pub fn parse_one_line_sources(text: &str) -> Vec<Source> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ") else { continue };
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
         let mut rest = rest.trim_start();
         let mut signed_by = None;
         if let Some(opts) = rest.strip_prefix('[') {
-            let Some((opts, after)) = opts.split_once(']') else { continue };
+            let Some((opts, after)) = opts.split_once(']') else {
+                continue;
+            };
             signed_by = opts
                 .split_whitespace()
                 .find_map(|o| o.strip_prefix("signed-by="))
@@ -163,7 +175,9 @@ pub fn parse_one_line_sources(text: &str) -> Vec<Source> {
             rest = after.trim_start();
         }
         let mut words = rest.split_whitespace();
-        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
         out.push(Source {
             uri: uri.trim_end_matches('/').to_string(),
             suite: suite.to_string(),
@@ -204,8 +218,17 @@ impl Apt {
         let list: String = sources
             .iter()
             .map(|s| {
-                let key = s.signed_by.as_ref().map(|k| format!(" signed-by={k}")).unwrap_or_default();
-                format!("deb [arch={arch}{key}] {} {} {}\n", s.uri, s.suite, s.components.join(" "))
+                let key = s
+                    .signed_by
+                    .as_ref()
+                    .map(|k| format!(" signed-by={k}"))
+                    .unwrap_or_default();
+                format!(
+                    "deb [arch={arch}{key}] {} {} {}\n",
+                    s.uri,
+                    s.suite,
+                    s.components.join(" ")
+                )
             })
             .collect();
         let status = root.join("var/lib/dpkg/status");
@@ -226,11 +249,18 @@ impl Apt {
             root = root.display(),
             // apt drops to `_apt` for downloads when root; that user cannot
             // write into our private cache, so stay as root there.
-            sandbox = if running_as_root() { "APT::Sandbox::User \"root\";\n" } else { "" },
+            sandbox = if running_as_root() {
+                "APT::Sandbox::User \"root\";\n"
+            } else {
+                ""
+            },
         );
         write_if_changed(&root.join("etc/apt/sources.list"), &list)?;
         write_if_changed(&root.join("etc/apt/apt.conf"), &conf)?;
-        Ok(Apt { root, arch: arch.to_string() })
+        Ok(Apt {
+            root,
+            arch: arch.to_string(),
+        })
     }
 
     fn apt_get(&self) -> Command {
@@ -251,7 +281,11 @@ impl Apt {
         }
         let mut failed = Vec::new();
         for attempt in 0..2 {
-            let out = self.apt_get().arg("update").output().context("running apt-get update")?;
+            let out = self
+                .apt_get()
+                .arg("update")
+                .output()
+                .context("running apt-get update")?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr);
             failed = text
@@ -272,7 +306,10 @@ impl Apt {
                 failed.join("; ")
             );
         }
-        Ok(failed.into_iter().map(|l| format!("package index not updated: {l}")).collect())
+        Ok(failed
+            .into_iter()
+            .map(|l| format!("package index not updated: {l}"))
+            .collect())
     }
 
     /// Resolves `wanted` with its dependency closure (no recommends) and
@@ -292,7 +329,13 @@ impl Apt {
         let mut packages = parse_simulation(&text);
         let dl = self
             .apt_get()
-            .args(["install", "--download-only", "--no-install-recommends", "-y", "-q"])
+            .args([
+                "install",
+                "--download-only",
+                "--no-install-recommends",
+                "-y",
+                "-q",
+            ])
             .args(wanted)
             .output()
             .context("running apt-get install --download-only")?;
@@ -304,10 +347,20 @@ impl Apt {
         }
         let archives = self.root.join("var/cache/apt/archives");
         for p in &mut packages {
-            let file = format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.arch);
+            let file = format!(
+                "{}_{}_{}.deb",
+                p.name,
+                p.version.replace(':', "%3a"),
+                p.arch
+            );
             p.path = archives.join(file);
             if !p.path.exists() {
-                bail!("apt reported {} {} but {} is missing", p.name, p.version, p.path.display());
+                bail!(
+                    "apt reported {} {} but {} is missing",
+                    p.name,
+                    p.version,
+                    p.path.display()
+                );
             }
         }
         packages.sort();
@@ -320,8 +373,10 @@ fn explain_apt_failure(text: &str, arch: &str) -> String {
     let missing: Vec<&str> = text
         .lines()
         .filter_map(|l| {
-            l.strip_prefix("E: Unable to locate package ")
-                .or_else(|| l.strip_prefix("E: Package '").and_then(|r| r.split('\'').next()))
+            l.strip_prefix("E: Unable to locate package ").or_else(|| {
+                l.strip_prefix("E: Package '")
+                    .and_then(|r| r.split('\'').next())
+            })
         })
         .collect();
     if !missing.is_empty() {
@@ -335,7 +390,10 @@ fn explain_apt_failure(text: &str, arch: &str) -> String {
         .lines()
         .filter(|l| l.starts_with("E:") || l.contains(" : Depends:"))
         .collect();
-    format!("apt could not resolve the package set: {}", errors.join("; "))
+    format!(
+        "apt could not resolve the package set: {}",
+        errors.join("; ")
+    )
 }
 
 /// Reads `Inst name (version suite [arch])` lines of `apt-get -s install`.
@@ -358,7 +416,8 @@ pub fn parse_simulation(text: &str) -> Vec<Package> {
 }
 
 fn lists_fresh(lists: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(lists.join("lock")).or_else(|_| std::fs::metadata(lists)) else {
+    let Ok(meta) = std::fs::metadata(lists.join("lock")).or_else(|_| std::fs::metadata(lists))
+    else {
         return false;
     };
     let age = meta
@@ -386,7 +445,9 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Finds a host tool on PATH.
@@ -415,7 +476,8 @@ mod tests {
 
     #[test]
     fn deb822_stanzas_expand_suites() {
-        let text = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n\
+        let text =
+            "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n\
                     Components: main\nSigned-By: /k.gpg\n\nTypes: deb-src\nURIs: http://x.invalid\n\
                     Suites: bookworm\nComponents: main\n";
         let s = parse_deb822_sources(text);
@@ -461,6 +523,9 @@ mod tests {
     #[test]
     fn missing_package_error_names_it() {
         let msg = explain_apt_failure("E: Unable to locate package nosuchpkg\n", "amd64");
-        assert!(msg.contains("package not found for amd64: nosuchpkg"), "{msg}");
+        assert!(
+            msg.contains("package not found for amd64: nosuchpkg"),
+            "{msg}"
+        );
     }
 }

@@ -40,8 +40,16 @@ pub struct BuildPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum K3sPlan {
     TestDouble,
-    File { path: PathBuf, sha256: Option<String>, version: Option<String> },
-    Url { url: String, sha256: String, version: Option<String> },
+    File {
+        path: PathBuf,
+        sha256: Option<String>,
+        version: Option<String>,
+    },
+    Url {
+        url: String,
+        sha256: String,
+        version: Option<String>,
+    },
 }
 
 /// Command-line choices that shape a build.
@@ -69,7 +77,10 @@ impl BuildPlan {
                 };
                 let spec = Spec {
                     board: board.clone(),
-                    k3s: Some(crate::spec::K3sSource { test_double: true, ..Default::default() }),
+                    k3s: Some(crate::spec::K3sSource {
+                        test_double: true,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 };
                 (spec, format!("board: {board}\n"), PathBuf::from("."))
@@ -125,20 +136,29 @@ impl BuildPlan {
             (None, Some(file)) => {
                 let path = spec_dir.join(file);
                 Some(std::fs::read(&path).with_context(|| {
-                    format!("reading node-file {}; paths are relative to the spec", path.display())
+                    format!(
+                        "reading node-file {}; paths are relative to the spec",
+                        path.display()
+                    )
                 })?)
             }
             (None, None) => None,
         };
         if let Some(bytes) = &baked_node {
-            let source = spec.node_file.as_ref().map_or("spec `node`".to_string(), |f| f.display().to_string());
+            let source = spec
+                .node_file
+                .as_ref()
+                .map_or("spec `node`".to_string(), |f| f.display().to_string());
             kiln_node::config::parse_bytes(bytes, &source)
                 .map_err(|e| anyhow::anyhow!("baked node config is invalid: {e}"))?;
         }
 
         let epoch = match (spec.source_date_epoch, std::env::var("SOURCE_DATE_EPOCH")) {
             (Some(e), _) => e,
-            (None, Ok(e)) => e.trim().parse().context("SOURCE_DATE_EPOCH is not a number")?,
+            (None, Ok(e)) => e
+                .trim()
+                .parse()
+                .context("SOURCE_DATE_EPOCH is not a number")?,
             (None, Err(_)) => DEFAULT_EPOCH,
         };
 

@@ -90,16 +90,14 @@ impl SpecError {
 impl Spec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> anyhow::Result<Spec> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!("reading spec {}: {e}; check the path", path.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading spec {}: {e}; check the path", path.display()))?;
         Ok(Spec::parse(&text, path)?)
     }
 
     /// Parses spec text; `file` only names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
-        let spec: Spec =
-            serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))?;
+        let spec: Spec = serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))?;
         spec.check(text, file)?;
         Ok(spec)
     }
@@ -107,11 +105,18 @@ impl Spec {
     fn check(&self, text: &str, file: &Path) -> Result<(), SpecError> {
         let err = |key: &str, message: String| {
             let (line, column) = locate_key(text, key);
-            SpecError { file: file.to_owned(), line, column, message }
+            SpecError {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            }
         };
         if let Some(name) = &self.name {
             let ok = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && !name.starts_with('.');
             if !ok {
                 return Err(err(
@@ -124,20 +129,39 @@ impl Spec {
             let ways = [k3s.path.is_some(), k3s.url.is_some(), k3s.test_double];
             match ways.iter().filter(|w| **w).count() {
                 1 => {}
-                0 => return Err(err("k3s", "k3s needs one of `path`, `url` or `test-double: true`".into())),
-                _ => return Err(err("k3s", "k3s takes only one of `path`, `url` or `test-double`".into())),
+                0 => {
+                    return Err(err(
+                        "k3s",
+                        "k3s needs one of `path`, `url` or `test-double: true`".into(),
+                    ))
+                }
+                _ => {
+                    return Err(err(
+                        "k3s",
+                        "k3s takes only one of `path`, `url` or `test-double`".into(),
+                    ))
+                }
             }
             if k3s.url.is_some() && k3s.sha256.is_none() {
-                return Err(err("url", "k3s `url` needs `sha256` so the download can be verified".into()));
+                return Err(err(
+                    "url",
+                    "k3s `url` needs `sha256` so the download can be verified".into(),
+                ));
             }
             if let Some(sum) = &k3s.sha256 {
                 if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(err("sha256", format!("k3s sha256 `{sum}` is not 64 hex digits")));
+                    return Err(err(
+                        "sha256",
+                        format!("k3s sha256 `{sum}` is not 64 hex digits"),
+                    ));
                 }
             }
         }
         if self.node.is_some() && self.node_file.is_some() {
-            return Err(err("node-file", "give the baked node config as `node` or `node-file`, not both".into()));
+            return Err(err(
+                "node-file",
+                "give the baked node config as `node` or `node-file`, not both".into(),
+            ));
         }
         Ok(())
     }
@@ -177,7 +201,10 @@ mod tests {
         let e = parse("board: qemu-x86_64\npackagez: [a]\n").unwrap_err();
         assert_eq!((e.line, e.column), (Some(2), Some(1)));
         assert!(e.message.contains("unknown field `packagez`"), "{e}");
-        assert!(e.to_string().starts_with("spec.yaml:2:1: unknown field"), "{e}");
+        assert!(
+            e.to_string().starts_with("spec.yaml:2:1: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]

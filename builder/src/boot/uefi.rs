@@ -18,15 +18,32 @@ pub fn esp_files(tree: &mut Tree, arch: Arch, input: &BootInput) -> Result<BootF
     let loader_path = format!("usr/lib/systemd/boot/efi/{}", arch.systemd_boot_file());
     let loader = tree
         .file_data(&loader_path)
-        .with_context(|| format!("/{loader_path} missing; is {LOADER_PACKAGE} in the package set?"))?
+        .with_context(|| {
+            format!("/{loader_path} missing; is {LOADER_PACKAGE} in the package set?")
+        })?
         .to_vec();
     tree.remove_tree("usr/lib/systemd/boot");
     let mut files = vec![
-        FatFile { path: format!("EFI/BOOT/{}", arch.efi_boot_file()), data: loader },
-        FatFile { path: "kiln/vmlinuz".into(), data: input.kernel.to_vec() },
-        FatFile { path: "kiln/initrd.img".into(), data: input.initrd.to_vec() },
-        FatFile { path: "loader/loader.conf".into(), data: loader_conf().into_bytes() },
-        FatFile { path: "loader/entries/kiln.conf".into(), data: entry(&input.cmdline).into_bytes() },
+        FatFile {
+            path: format!("EFI/BOOT/{}", arch.efi_boot_file()),
+            data: loader,
+        },
+        FatFile {
+            path: "kiln/vmlinuz".into(),
+            data: input.kernel.to_vec(),
+        },
+        FatFile {
+            path: "kiln/initrd.img".into(),
+            data: input.initrd.to_vec(),
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            data: loader_conf().into_bytes(),
+        },
+        FatFile {
+            path: "loader/entries/kiln.conf".into(),
+            data: entry(&input.cmdline).into_bytes(),
+        },
     ];
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
@@ -50,13 +67,26 @@ mod tests {
     #[test]
     fn loader_moves_from_root_to_esp() {
         let mut tree = Tree::default();
-        tree.insert("usr/lib/systemd/boot/efi/systemd-bootx64.efi", Node::file(&b"MZ"[..], 0o644));
-        let input = BootInput { kernel: b"K", initrd: b"I", cmdline: "console=ttyS0".into() };
+        tree.insert(
+            "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            Node::file(&b"MZ"[..], 0o644),
+        );
+        let input = BootInput {
+            kernel: b"K",
+            initrd: b"I",
+            cmdline: "console=ttyS0".into(),
+        };
         let files = esp_files(&mut tree, Arch::Amd64, &input).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["EFI/BOOT/BOOTX64.EFI", "kiln/initrd.img", "kiln/vmlinuz", "loader/entries/kiln.conf", "loader/loader.conf"]
+            [
+                "EFI/BOOT/BOOTX64.EFI",
+                "kiln/initrd.img",
+                "kiln/vmlinuz",
+                "loader/entries/kiln.conf",
+                "loader/loader.conf"
+            ]
         );
         assert!(tree.get("usr/lib/systemd/boot").is_none());
         let entry = String::from_utf8(files[3].data.clone()).unwrap();

@@ -57,7 +57,10 @@ impl BootCmd {
                 ExitCode::SUCCESS
             }
             Ok(BootOutcome::Failed { reason, tail }) => {
-                eprintln!("kiln: boot failed: {reason}\nlast console lines:\n{}", tail.join("\n"));
+                eprintln!(
+                    "kiln: boot failed: {reason}\nlast console lines:\n{}",
+                    tail.join("\n")
+                );
                 ExitCode::from(1)
             }
             Ok(BootOutcome::TimedOut { missing, tail }) => {
@@ -78,18 +81,31 @@ impl BootCmd {
 
     fn boot(&self) -> Result<BootOutcome> {
         if !self.image.is_file() {
-            bail!("image {} not found; build it with `kiln build`", self.image.display());
+            bail!(
+                "image {} not found; build it with `kiln build`",
+                self.image.display()
+            );
         }
         let board_name = match &self.board {
             Some(b) => b.clone(),
-            None => crate::build::read_sidecar(&self.image)
-                .with_context(|| format!("no --board given and no build record next to {}", self.image.display()))?
-                .board,
+            None => {
+                crate::build::read_sidecar(&self.image)
+                    .with_context(|| {
+                        format!(
+                            "no --board given and no build record next to {}",
+                            self.image.display()
+                        )
+                    })?
+                    .board
+            }
         };
         let board = Board::load(&board_name)?;
-        let Some(q) = &board.qemu else { bail!("board {board_name} cannot be booted in QEMU") };
+        let Some(q) = &board.qemu else {
+            bail!("board {board_name} cannot be booted in QEMU")
+        };
         if let Some(node) = &self.node {
-            let text = std::fs::read_to_string(node).with_context(|| format!("reading {}", node.display()))?;
+            let text = std::fs::read_to_string(node)
+                .with_context(|| format!("reading {}", node.display()))?;
             kiln_node::config::parse(&text, &node.display().to_string())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -101,13 +117,20 @@ impl BootCmd {
         }
         let (firmware, files) = match &q.firmware {
             QemuFirmware::Uefi { code, vars } => (
-                Firmware::Uefi { code: code.clone(), vars_template: vars.clone() },
+                Firmware::Uefi {
+                    code: code.clone(),
+                    vars_template: vars.clone(),
+                },
                 [code.clone(), vars.clone()],
             ),
         };
         for path in files {
             if !path.exists() {
-                bail!("{} not found; install {} (see README)", path.display(), q.host_packages.join(" "));
+                bail!(
+                    "{} not found; install {} (see README)",
+                    path.display(),
+                    q.host_packages.join(" ")
+                );
             }
         }
         let cfg = QemuConfig {
@@ -122,14 +145,21 @@ impl BootCmd {
             console_serial: q.console_serial,
             extra_args: Vec::new(),
         };
-        let expect = if self.expect.is_empty() { vec!["kiln: node ready".to_string()] } else { self.expect.clone() };
+        let expect = if self.expect.is_empty() {
+            vec!["kiln: node ready".to_string()]
+        } else {
+            self.expect.clone()
+        };
         let req = BootRequest {
             image: self.image.clone(),
             node_config: self.node.clone(),
             expect,
             fail_on: FAIL_ON.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_secs(self.timeout),
-            log: self.log.clone().unwrap_or_else(|| self.image.with_extension("console.log")),
+            log: self
+                .log
+                .clone()
+                .unwrap_or_else(|| self.image.with_extension("console.log")),
             wait_exit: self.wait_exit,
             verbose: !self.no_echo,
         };
@@ -155,5 +185,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
         _ => (s, 1),
     };
-    num.parse::<u64>().map(|n| n * mult).map_err(|_| format!("`{s}` is not a size like 4G or 512M"))
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("`{s}` is not a size like 4G or 512M"))
 }

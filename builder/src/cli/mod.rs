@@ -59,7 +59,12 @@ impl Cli {
 fn list_boards() -> anyhow::Result<()> {
     for name in crate::board::available() {
         let board = crate::board::Board::load(&name)?;
-        println!("{:<16} {:<6} {}", board.name, board.arch.debian(), board.description);
+        println!(
+            "{:<16} {:<6} {}",
+            board.name,
+            board.arch.debian(),
+            board.description
+        );
     }
     Ok(())
 }

@@ -19,11 +19,16 @@ impl ValidateCmd {
     pub fn run(self) -> Result<()> {
         let mut failed = 0;
         for file in &self.files {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let result = if self.spec {
-                crate::spec::Spec::parse(&text, file).map(|_| ()).map_err(|e| e.to_string())
+                crate::spec::Spec::parse(&text, file)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             } else {
-                kiln_node::config::parse(&text, &file.display().to_string()).map(|_| ()).map_err(|e| e.to_string())
+                kiln_node::config::parse(&text, &file.display().to_string())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             };
             match result {
                 Ok(()) => println!("{}: ok", file.display()),

@@ -16,7 +16,12 @@ use super::layout::Layout;
 const CHUNK: usize = 64 * 1024;
 
 /// Writes `layout` with `contents[i]` in partition `i` (None = left empty).
-pub fn write(path: &Path, layout: &Layout, disk_guid: Guid, contents: &[Option<&[u8]>]) -> Result<()> {
+pub fn write(
+    path: &Path,
+    layout: &Layout,
+    disk_guid: Guid,
+    contents: &[Option<&[u8]>],
+) -> Result<()> {
     let dir = path.parent().context("output path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
@@ -26,12 +31,19 @@ pub fn write(path: &Path, layout: &Layout, disk_guid: Guid, contents: &[Option<&
         .with_context(|| format!("creating a temporary image in {}", dir.display()))?;
     write_to(tmp.as_file_mut(), layout, disk_guid, contents)?;
     tmp.as_file().sync_all().context("syncing the image")?;
-    tmp.persist(path).with_context(|| format!("renaming the image to {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming the image to {}", path.display()))?;
     Ok(())
 }
 
-pub fn write_to(file: &mut File, layout: &Layout, disk_guid: Guid, contents: &[Option<&[u8]>]) -> Result<()> {
-    file.set_len(layout.disk_bytes).context("sizing the image (is the disk full?)")?;
+pub fn write_to(
+    file: &mut File,
+    layout: &Layout,
+    disk_guid: Guid,
+    contents: &[Option<&[u8]>],
+) -> Result<()> {
+    file.set_len(layout.disk_bytes)
+        .context("sizing the image (is the disk full?)")?;
     for (placed, content) in layout.partitions.iter().zip(contents) {
         let Some(data) = content else { continue };
         if data.len() as u64 > placed.size_bytes {
@@ -47,7 +59,8 @@ pub fn write_to(file: &mut File, layout: &Layout, disk_guid: Guid, contents: &[O
                 continue;
             }
             file.seek(SeekFrom::Start(placed.offset + (i * CHUNK) as u64))?;
-            file.write_all(chunk).with_context(|| format!("writing {} (is the disk full?)", placed.plan.name))?;
+            file.write_all(chunk)
+                .with_context(|| format!("writing {} (is the disk full?)", placed.plan.name))?;
         }
     }
     let table = Table {

@@ -44,10 +44,17 @@ pub fn place(plans: &[PartitionPlan]) -> Layout {
     let mut partitions = Vec::new();
     for plan in plans {
         let size_bytes = plan.size_bytes.div_ceil(ALIGN) * ALIGN;
-        partitions.push(Placed { plan: plan.clone(), offset, size_bytes });
+        partitions.push(Placed {
+            plan: plan.clone(),
+            offset,
+            size_bytes,
+        });
         offset += size_bytes;
     }
-    Layout { partitions, disk_bytes: offset + ALIGN }
+    Layout {
+        partitions,
+        disk_bytes: offset + ALIGN,
+    }
 }
 
 #[cfg(test)]

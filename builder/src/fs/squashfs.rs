@@ -52,8 +52,20 @@ mod tests {
         let mut t = Tree::default();
         t.insert("usr/bin/k3s", Node::file(vec![7u8; 300_000], 0o755));
         t.insert("bin", Node::symlink("usr/bin"));
-        t.insert("etc/shadow", Node { gid: 42, ..Node::file(&b"root:*:\n"[..], 0o640) });
-        t.insert("dev/console", Node { kind: Kind::CharDevice { major: 5, minor: 1 }, ..Node::dir(0o600) });
+        t.insert(
+            "etc/shadow",
+            Node {
+                gid: 42,
+                ..Node::file(&b"root:*:\n"[..], 0o640)
+            },
+        );
+        t.insert(
+            "dev/console",
+            Node {
+                kind: Kind::CharDevice { major: 5, minor: 1 },
+                ..Node::dir(0o600)
+            },
+        );
         t
     }
 
@@ -71,7 +83,10 @@ mod tests {
         let reader = backhand::FilesystemReader::from_reader(Cursor::new(img)).unwrap();
         let mut seen = std::collections::BTreeMap::new();
         for node in reader.files() {
-            seen.insert(node.fullpath.display().to_string(), (node.header.permissions, node.header.gid));
+            seen.insert(
+                node.fullpath.display().to_string(),
+                (node.header.permissions, node.header.gid),
+            );
         }
         assert_eq!(seen["/etc/shadow"], (0o640, 42));
         assert_eq!(seen["/usr/bin/k3s"].0, 0o755);

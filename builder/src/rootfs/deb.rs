@@ -29,7 +29,10 @@ fn excluded(path: &str) -> bool {
         "usr/share/zsh/",
         "usr/share/fish/",
     ];
-    if DROP.iter().any(|d| path.starts_with(d) || format!("{path}/") == *d) {
+    if DROP
+        .iter()
+        .any(|d| path.starts_with(d) || format!("{path}/") == *d)
+    {
         return true;
     }
     if let Some(rest) = path.strip_prefix("usr/share/doc/") {
@@ -81,7 +84,9 @@ fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<()> {
         let mut entry = entry.context("reading a data.tar entry")?;
         let raw = entry.path_bytes();
         let raw = String::from_utf8_lossy(&raw).into_owned();
-        let Some(path) = normalize(&raw) else { bail!("unsafe path {raw:?} in package") };
+        let Some(path) = normalize(&raw) else {
+            bail!("unsafe path {raw:?} in package")
+        };
         if path.is_empty() {
             continue;
         }
@@ -97,7 +102,9 @@ fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<()> {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut data = Vec::with_capacity(header.size().unwrap_or(0) as usize);
-                entry.read_to_end(&mut data).with_context(|| format!("reading {path}"))?;
+                entry
+                    .read_to_end(&mut data)
+                    .with_context(|| format!("reading {path}"))?;
                 Kind::File(Arc::from(data))
             }
             tar::EntryType::Symlink => {
@@ -105,7 +112,9 @@ fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<()> {
                 Kind::Symlink(String::from_utf8_lossy(&target).into_owned())
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().context("hard link without target")?;
+                let target = entry
+                    .link_name_bytes()
+                    .context("hard link without target")?;
                 let target = normalize(&String::from_utf8_lossy(&target))
                     .map(|t| merged_usr_path(&t))
                     .context("unsafe hard link target")?;
@@ -121,7 +130,15 @@ fn unpack_tar(reader: impl Read, tree: &mut Tree) -> Result<()> {
             },
             other => bail!("unsupported entry type {other:?} at {path}"),
         };
-        tree.insert(&path, Node { kind, mode, uid, gid });
+        tree.insert(
+            &path,
+            Node {
+                kind,
+                mode,
+                uid,
+                gid,
+            },
+        );
     }
     Ok(())
 }
@@ -179,7 +196,10 @@ mod tests {
         let su = t.get("usr/bin/su").unwrap();
         assert_eq!((su.mode, su.gid), (0o4755, 42));
         assert_eq!(t.file_data("usr/bin/su2").unwrap().as_ref(), b"su!");
-        assert_eq!(t.get("usr/bin/sh").unwrap().kind, Kind::Symlink("dash".into()));
+        assert_eq!(
+            t.get("usr/bin/sh").unwrap().kind,
+            Kind::Symlink("dash".into())
+        );
         assert!(t.get("usr/share/man/man1/x.1").is_none());
     }
 

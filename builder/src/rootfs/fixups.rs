@@ -18,7 +18,13 @@ pub fn apply_all(tree: &mut Tree) -> Result<()> {
     ca_bundle(tree);
     resolv_conf(tree);
     empty_var(tree);
-    tree.insert("etc/fstab", Node::file(&b"# kiln: kiln-init mounts root, /var and /etc\n"[..], 0o644));
+    tree.insert(
+        "etc/fstab",
+        Node::file(
+            &b"# kiln: kiln-init mounts root, /var and /etc\n"[..],
+            0o644,
+        ),
+    );
     tree.insert("etc/hostname", Node::file(&b"kiln\n"[..], 0o644));
     tree.insert(
         "etc/systemd/system/default.target",
@@ -78,8 +84,20 @@ fn accounts(tree: &mut Tree) -> Result<()> {
         .collect();
     tree.insert("etc/passwd", Node::file(passwd.into_bytes(), 0o644));
     tree.insert("etc/group", Node::file(group.into_bytes(), 0o644));
-    tree.insert("etc/shadow", Node { gid: 42, ..Node::file(shadow.into_bytes(), 0o640) });
-    tree.insert("etc/gshadow", Node { gid: 42, ..Node::file(gshadow.into_bytes(), 0o640) });
+    tree.insert(
+        "etc/shadow",
+        Node {
+            gid: 42,
+            ..Node::file(shadow.into_bytes(), 0o640)
+        },
+    );
+    tree.insert(
+        "etc/gshadow",
+        Node {
+            gid: 42,
+            ..Node::file(gshadow.into_bytes(), 0o640)
+        },
+    );
     Ok(())
 }
 
@@ -102,14 +120,20 @@ fn ca_bundle(tree: &mut Tree) {
         }
     }
     if !bundle.is_empty() {
-        tree.insert("etc/ssl/certs/ca-certificates.crt", Node::file(bundle, 0o644));
+        tree.insert(
+            "etc/ssl/certs/ca-certificates.crt",
+            Node::file(bundle, 0o644),
+        );
     }
 }
 
 /// systemd-resolved's postinst points resolv.conf at its stub.
 fn resolv_conf(tree: &mut Tree) {
     if tree.get("usr/lib/systemd/systemd-resolved").is_some() {
-        tree.insert("etc/resolv.conf", Node::symlink("../run/systemd/resolve/stub-resolv.conf"));
+        tree.insert(
+            "etc/resolv.conf",
+            Node::symlink("../run/systemd/resolve/stub-resolv.conf"),
+        );
     }
 }
 
@@ -136,15 +160,24 @@ pub fn enable_units(tree: &mut Tree, units: &[String]) -> Result<()> {
             .file_data(&path)
             .with_context(|| format!("cannot enable {unit}: /{path} is not in the image"))?;
         let install = Install::parse(&String::from_utf8_lossy(data));
-        if install.wanted_by.is_empty() && install.required_by.is_empty() && install.alias.is_empty() {
+        if install.wanted_by.is_empty()
+            && install.required_by.is_empty()
+            && install.alias.is_empty()
+        {
             bail!("cannot enable {unit}: its [Install] section has no WantedBy=, RequiredBy= or Alias=");
         }
         let link = Node::symlink(&format!("/{path}"));
         for target in &install.wanted_by {
-            tree.insert(&format!("etc/systemd/system/{target}.wants/{unit}"), link.clone());
+            tree.insert(
+                &format!("etc/systemd/system/{target}.wants/{unit}"),
+                link.clone(),
+            );
         }
         for target in &install.required_by {
-            tree.insert(&format!("etc/systemd/system/{target}.requires/{unit}"), link.clone());
+            tree.insert(
+                &format!("etc/systemd/system/{target}.requires/{unit}"),
+                link.clone(),
+            );
         }
         for alias in &install.alias {
             tree.insert(&format!("etc/systemd/system/{alias}"), link.clone());
@@ -171,7 +204,9 @@ impl Install {
                 section = line;
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else { continue };
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
             if section != "[Install]" {
                 continue;
             }
@@ -221,8 +256,13 @@ mod tests {
             Node::file(&b"[Install]\nWantedBy=multi-user.target\n"[..], 0o644),
         );
         enable_units(&mut t, &["x.service".into()]).unwrap();
-        let link = t.get("etc/systemd/system/multi-user.target.wants/x.service").unwrap();
-        assert_eq!(link.kind, Kind::Symlink("/usr/lib/systemd/system/x.service".into()));
+        let link = t
+            .get("etc/systemd/system/multi-user.target.wants/x.service")
+            .unwrap();
+        assert_eq!(
+            link.kind,
+            Kind::Symlink("/usr/lib/systemd/system/x.service".into())
+        );
         let e = enable_units(&mut t, &["nope.service".into()]).unwrap_err();
         assert!(e.to_string().contains("not in the image"), "{e}");
     }
@@ -234,9 +274,15 @@ mod tests {
             "usr/share/base-passwd/passwd.master",
             Node::file(&b"root:x:0:0:root:/root:/bin/sh\n"[..], 0o644),
         );
-        t.insert("usr/share/base-passwd/group.master", Node::file(&b"root:*:0:\n"[..], 0o644));
+        t.insert(
+            "usr/share/base-passwd/group.master",
+            Node::file(&b"root:*:0:\n"[..], 0o644),
+        );
         accounts(&mut t).unwrap();
-        assert_eq!(t.file_data("etc/shadow").unwrap().as_ref(), b"root:*:0:0:99999:7:::\n");
+        assert_eq!(
+            t.file_data("etc/shadow").unwrap().as_ref(),
+            b"root:*:0:0:99999:7:::\n"
+        );
     }
 
     #[test]

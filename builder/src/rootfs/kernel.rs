@@ -25,11 +25,17 @@ pub struct KernelPayload {
 
 /// Removes `/boot` from the tree, prunes the module tree to what the board
 /// needs and regenerates its index with the host's `depmod`.
-pub fn take(tree: &mut Tree, initramfs_wanted: &[String], root_wanted: &[String]) -> Result<KernelPayload> {
+pub fn take(
+    tree: &mut Tree,
+    initramfs_wanted: &[String],
+    root_wanted: &[String],
+) -> Result<KernelPayload> {
     let images: Vec<(String, Vec<u8>)> = tree
         .below("boot")
         .filter_map(|(p, n)| match &n.kind {
-            Kind::File(d) => p.strip_prefix("boot/vmlinuz-").map(|v| (v.to_string(), d.to_vec())),
+            Kind::File(d) => p
+                .strip_prefix("boot/vmlinuz-")
+                .map(|v| (v.to_string(), d.to_vec())),
             _ => None,
         })
         .collect();
@@ -38,7 +44,10 @@ pub fn take(tree: &mut Tree, initramfs_wanted: &[String], root_wanted: &[String]
         [] => bail!("no /boot/vmlinuz-* in the package set; is the board's kernel package right?"),
         many => bail!(
             "more than one kernel in the package set: {}",
-            many.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     tree.remove_tree("boot");
@@ -65,9 +74,16 @@ pub fn take(tree: &mut Tree, initramfs_wanted: &[String], root_wanted: &[String]
     let initramfs_modules = initramfs::module_files(&version, &initramfs_order, &files)?;
     let mut wanted_in_root: Vec<String> = root_wanted.to_vec();
     wanted_in_root.extend(initramfs_wanted.iter().cloned());
-    let root_order = index.closure(&wanted_in_root, &builtin).context("resolving the board's root-modules")?;
-    let keep: BTreeSet<String> = root_order.iter().map(|m| format!("{moddir}/{}", m.path)).collect();
-    tree.retain_below(&moddir, |p, n| !(matches!(n.kind, Kind::File(_)) && p.contains(".ko")) || keep.contains(p));
+    let root_order = index
+        .closure(&wanted_in_root, &builtin)
+        .context("resolving the board's root-modules")?;
+    let keep: BTreeSet<String> = root_order
+        .iter()
+        .map(|m| format!("{moddir}/{}", m.path))
+        .collect();
+    tree.retain_below(&moddir, |p, n| {
+        !(matches!(n.kind, Kind::File(_)) && p.contains(".ko")) || keep.contains(p)
+    });
     drop_empty_dirs(tree, &moddir);
     depmod(tree, &version)?;
     Ok(KernelPayload {
@@ -86,7 +102,11 @@ fn drop_empty_dirs(tree: &mut Tree, below: &str) {
             .filter(|(_, n)| matches!(n.kind, Kind::Dir))
             .map(|(p, _)| p.clone())
             .collect();
-        let empty: Vec<String> = dirs.iter().filter(|d| tree.below(d).next().is_none()).cloned().collect();
+        let empty: Vec<String> = dirs
+            .iter()
+            .filter(|d| tree.below(d).next().is_none())
+            .cloned()
+            .collect();
         if empty.is_empty() {
             return;
         }
@@ -100,7 +120,8 @@ fn drop_empty_dirs(tree: &mut Tree, below: &str) {
 /// alias at boot. Runs the host's depmod on a copy of the pruned module
 /// tree (depmod reads ELF of any arch) and copies its index files back.
 fn depmod(tree: &mut Tree, version: &str) -> Result<()> {
-    let depmod = which("depmod").context("the root's module index is made with depmod; install kmod")?;
+    let depmod =
+        which("depmod").context("the root's module index is made with depmod; install kmod")?;
     let tmp = tempfile::tempdir()?;
     let moddir = format!("usr/lib/modules/{version}");
     let out_dir = tmp.path().join("lib/modules").join(version);
@@ -122,7 +143,10 @@ fn depmod(tree: &mut Tree, version: &str) -> Result<()> {
         .output()
         .context("running depmod")?;
     if !out.status.success() {
-        bail!("depmod failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "depmod failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     for entry in std::fs::read_dir(&out_dir)? {
         let entry = entry?;

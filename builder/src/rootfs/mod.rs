@@ -91,7 +91,8 @@ pub fn compose(input: RootInput) -> Result<Root> {
 /// order so the result does not depend on thread timing.
 fn unpack_all(packages: &[Package]) -> Result<Tree> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<Tree>>>> = packages.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<Tree>>>> =
+        packages.iter().map(|_| Mutex::new(None)).collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..workers {

@@ -11,7 +11,10 @@ use super::tree::{Node, Tree};
 /// Copies `dir` into `tree`, rendering templates with `context`.
 pub fn apply(dir: &Path, tree: &mut Tree, context: &tera::Context) -> Result<()> {
     if !dir.is_dir() {
-        anyhow::bail!("overlay {} is not a directory; check `overlays` in the spec", dir.display());
+        anyhow::bail!(
+            "overlay {} is not a directory; check `overlays` in the spec",
+            dir.display()
+        );
     }
     let mut stack = vec![dir.to_path_buf()];
     let mut entries = Vec::new();
@@ -26,7 +29,11 @@ pub fn apply(dir: &Path, tree: &mut Tree, context: &tera::Context) -> Result<()>
     }
     entries.sort();
     for path in entries {
-        let rel = path.strip_prefix(dir).expect("below the overlay").to_string_lossy().into_owned();
+        let rel = path
+            .strip_prefix(dir)
+            .expect("below the overlay")
+            .to_string_lossy()
+            .into_owned();
         let meta = std::fs::symlink_metadata(&path)?;
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
         if meta.is_dir() {
@@ -41,7 +48,8 @@ pub fn apply(dir: &Path, tree: &mut Tree, context: &tera::Context) -> Result<()>
                 .with_context(|| format!("rendering template {}", path.display()))?;
             tree.insert(dest, Node::file(text.into_bytes(), mode));
         } else {
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             tree.insert(&rel, Node::file(data, mode));
         }
     }
@@ -72,8 +80,12 @@ mod tests {
 
     #[test]
     fn missing_overlay_is_a_clear_error() {
-        let e = apply(Path::new("/nonexistent/overlay"), &mut Tree::default(), &tera::Context::new())
-            .unwrap_err();
+        let e = apply(
+            Path::new("/nonexistent/overlay"),
+            &mut Tree::default(),
+            &tera::Context::new(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("is not a directory"), "{e}");
     }
 }

@@ -13,9 +13,21 @@ const DYNAMIC_MAX: u32 = 999;
 
 #[derive(Debug, PartialEq)]
 enum Line {
-    User { name: String, id: Option<(u32, Option<u32>)>, gecos: String, home: String, shell: String },
-    Group { name: String, gid: Option<u32> },
-    Member { user: String, group: String },
+    User {
+        name: String,
+        id: Option<(u32, Option<u32>)>,
+        gecos: String,
+        home: String,
+        shell: String,
+    },
+    Group {
+        name: String,
+        gid: Option<u32>,
+    },
+    Member {
+        user: String,
+        group: String,
+    },
 }
 
 fn words(line: &str) -> Vec<String> {
@@ -48,7 +60,9 @@ fn parse(text: &str) -> Vec<Line> {
             Some("u") | Some("u!") => {
                 let Some(name) = get(1) else { continue };
                 let id = get(2).and_then(|id| {
-                    let (u, g) = id.split_once(':').map_or((id.as_str(), None), |(u, g)| (u, Some(g)));
+                    let (u, g) = id
+                        .split_once(':')
+                        .map_or((id.as_str(), None), |(u, g)| (u, Some(g)));
                     Some((u.parse().ok()?, g.and_then(|g| g.parse().ok())))
                 });
                 out.push(Line::User {
@@ -61,7 +75,10 @@ fn parse(text: &str) -> Vec<Line> {
             }
             Some("g") => {
                 if let Some(name) = get(1) {
-                    out.push(Line::Group { name, gid: get(2).and_then(|g| g.parse().ok()) });
+                    out.push(Line::Group {
+                        name,
+                        gid: get(2).and_then(|g| g.parse().ok()),
+                    });
                 }
             }
             Some("m") => {
@@ -76,7 +93,9 @@ fn parse(text: &str) -> Vec<Line> {
 }
 
 fn text_of(tree: &Tree, path: &str) -> String {
-    tree.file_data(path).map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default()
+    tree.file_data(path)
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .unwrap_or_default()
 }
 
 /// Adds every declared account missing from `/etc/passwd` and `/etc/group`.
@@ -97,33 +116,59 @@ pub fn apply(tree: &mut Tree) {
     let mut group = text_of(tree, "etc/group");
     let mut shadow = text_of(tree, "etc/shadow");
     let field = |text: &str, i: usize| -> BTreeSet<String> {
-        text.lines().filter_map(|l| l.split(':').nth(i).map(str::to_owned)).collect()
+        text.lines()
+            .filter_map(|l| l.split(':').nth(i).map(str::to_owned))
+            .collect()
     };
     let mut user_names = field(&passwd, 0);
     let mut group_names = field(&group, 0);
-    let mut used: BTreeSet<u32> = field(&passwd, 2).iter().chain(&field(&group, 2)).filter_map(|i| i.parse().ok()).collect();
+    let mut used: BTreeSet<u32> = field(&passwd, 2)
+        .iter()
+        .chain(&field(&group, 2))
+        .filter_map(|i| i.parse().ok())
+        .collect();
     let next_free = |used: &mut BTreeSet<u32>| -> u32 {
-        let id = (1..=DYNAMIC_MAX).rev().find(|i| !used.contains(i)).unwrap_or(DYNAMIC_MAX);
+        let id = (1..=DYNAMIC_MAX)
+            .rev()
+            .find(|i| !used.contains(i))
+            .unwrap_or(DYNAMIC_MAX);
         used.insert(id);
         id
     };
     let gid_of = |group: &str, name: &str| -> Option<u32> {
-        group.lines().find(|l| l.split(':').next() == Some(name))?.split(':').nth(2)?.parse().ok()
+        group
+            .lines()
+            .find(|l| l.split(':').next() == Some(name))?
+            .split(':')
+            .nth(2)?
+            .parse()
+            .ok()
     };
     let mut members = Vec::new();
     for line in conf.iter().flat_map(|(_, text)| parse(text)) {
         match line {
             Line::Group { name, gid } => {
                 if group_names.insert(name.clone()) {
-                    let gid = gid.filter(|g| used.insert(*g)).unwrap_or_else(|| next_free(&mut used));
+                    let gid = gid
+                        .filter(|g| used.insert(*g))
+                        .unwrap_or_else(|| next_free(&mut used));
                     group.push_str(&format!("{name}:x:{gid}:\n"));
                 }
             }
-            Line::User { name, id, gecos, home, shell } => {
+            Line::User {
+                name,
+                id,
+                gecos,
+                home,
+                shell,
+            } => {
                 if !user_names.insert(name.clone()) {
                     continue;
                 }
-                let uid = id.map(|(u, _)| u).filter(|u| used.insert(*u)).unwrap_or_else(|| next_free(&mut used));
+                let uid = id
+                    .map(|(u, _)| u)
+                    .filter(|u| used.insert(*u))
+                    .unwrap_or_else(|| next_free(&mut used));
                 let gid = match id.and_then(|(_, g)| g) {
                     Some(g) => g,
                     None => match gid_of(&group, &name) {
@@ -147,7 +192,11 @@ pub fn apply(tree: &mut Tree) {
             .map(|l| {
                 let mut f: Vec<String> = l.split(':').map(str::to_owned).collect();
                 if f.first() == Some(&g) && f.len() == 4 && !f[3].split(',').any(|m| m == user) {
-                    f[3] = if f[3].is_empty() { user.clone() } else { format!("{},{user}", f[3]) };
+                    f[3] = if f[3].is_empty() {
+                        user.clone()
+                    } else {
+                        format!("{},{user}", f[3])
+                    };
                 }
                 f.join(":") + "\n"
             })
@@ -155,7 +204,13 @@ pub fn apply(tree: &mut Tree) {
     }
     tree.insert("etc/passwd", Node::file(passwd.into_bytes(), 0o644));
     tree.insert("etc/group", Node::file(group.into_bytes(), 0o644));
-    tree.insert("etc/shadow", Node { gid: 42, ..Node::file(shadow.into_bytes(), 0o640) });
+    tree.insert(
+        "etc/shadow",
+        Node {
+            gid: 42,
+            ..Node::file(shadow.into_bytes(), 0o640)
+        },
+    );
 }
 
 #[cfg(test)]
@@ -165,7 +220,10 @@ mod tests {
     #[test]
     fn declared_users_get_stable_ids_and_groups() {
         let mut t = Tree::default();
-        t.insert("etc/passwd", Node::file(&b"root:x:0:0:root:/root:/bin/sh\n"[..], 0o644));
+        t.insert(
+            "etc/passwd",
+            Node::file(&b"root:x:0:0:root:/root:/bin/sh\n"[..], 0o644),
+        );
         t.insert("etc/group", Node::file(&b"root:x:0:\n"[..], 0o644));
         t.insert(
             "usr/lib/sysusers.d/systemd-network.conf",
@@ -174,9 +232,17 @@ mod tests {
         apply(&mut t);
         let passwd = text_of(&t, "etc/passwd");
         let group = text_of(&t, "etc/group");
-        assert!(passwd.contains("systemd-network:x:999:999:systemd Network Management:/:/usr/sbin/nologin\n"), "{passwd}");
+        assert!(
+            passwd.contains(
+                "systemd-network:x:999:999:systemd Network Management:/:/usr/sbin/nologin\n"
+            ),
+            "{passwd}"
+        );
         assert_eq!(passwd.lines().filter(|l| l.starts_with("root:")).count(), 1);
-        assert!(group.contains("systemd-journal:x:998:systemd-network\n"), "{group}");
+        assert!(
+            group.contains("systemd-journal:x:998:systemd-network\n"),
+            "{group}"
+        );
         assert!(text_of(&t, "etc/shadow").contains("systemd-network:!*:"));
     }
 }

@@ -24,13 +24,28 @@ pub struct Node {
 
 impl Node {
     pub fn dir(mode: u32) -> Node {
-        Node { kind: Kind::Dir, mode, uid: 0, gid: 0 }
+        Node {
+            kind: Kind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
     pub fn file(data: impl Into<Arc<[u8]>>, mode: u32) -> Node {
-        Node { kind: Kind::File(data.into()), mode, uid: 0, gid: 0 }
+        Node {
+            kind: Kind::File(data.into()),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
     pub fn symlink(target: &str) -> Node {
-        Node { kind: Kind::Symlink(target.to_string()), mode: 0o777, uid: 0, gid: 0 }
+        Node {
+            kind: Kind::Symlink(target.to_string()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        }
     }
 }
 
@@ -86,7 +101,9 @@ impl Tree {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             let parent = &path[..end + i];
-            self.nodes.entry(parent.to_string()).or_insert_with(|| Node::dir(0o755));
+            self.nodes
+                .entry(parent.to_string())
+                .or_insert_with(|| Node::dir(0o755));
             end += i + 1;
         }
     }
@@ -106,19 +123,23 @@ impl Tree {
     pub fn remove_tree(&mut self, path: &str) {
         let Some(path) = normalize(path) else { return };
         let prefix = format!("{path}/");
-        self.nodes.retain(|p, _| *p != path && !p.starts_with(&prefix));
+        self.nodes
+            .retain(|p, _| *p != path && !p.starts_with(&prefix));
     }
 
     /// Removes every entry below `dir` for which `keep` says false.
     pub fn retain_below(&mut self, dir: &str, mut keep: impl FnMut(&str, &Node) -> bool) {
         let prefix = format!("{dir}/");
-        self.nodes.retain(|p, n| !p.starts_with(&prefix) || keep(p, n));
+        self.nodes
+            .retain(|p, n| !p.starts_with(&prefix) || keep(p, n));
     }
 
     /// Paths directly or indirectly below `dir`, sorted.
     pub fn below<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
         let prefix = format!("{dir}/");
-        self.nodes.range(prefix.clone()..).take_while(move |(p, _)| p.starts_with(&prefix))
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Node)> {
@@ -162,10 +183,16 @@ mod tests {
         t.insert("usr/bin/k3s", Node::file(&b"x"[..], 0o755));
         assert!(matches!(t.get("usr").unwrap().kind, Kind::Dir));
         t.insert("usr/bin", Node::dir(0o700));
-        assert!(t.get("usr/bin/k3s").is_some(), "re-inserting a dir keeps its children");
+        assert!(
+            t.get("usr/bin/k3s").is_some(),
+            "re-inserting a dir keeps its children"
+        );
         assert_eq!(t.get("usr/bin").unwrap().mode, 0o700);
         t.insert("usr/bin", Node::symlink("x"));
-        assert!(t.get("usr/bin/k3s").is_none(), "a dir replaced by a link loses its children");
+        assert!(
+            t.get("usr/bin/k3s").is_none(),
+            "a dir replaced by a link loses its children"
+        );
     }
 
     #[test]
