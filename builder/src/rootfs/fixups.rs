@@ -82,15 +82,7 @@ fn accounts(tree: &mut Tree) -> Result<()> {
         .filter_map(|l| l.split(':').next())
         .map(|g| format!("{g}:*::\n"))
         .collect();
-    tree.insert("etc/passwd", Node::file(passwd.into_bytes(), 0o644));
-    tree.insert("etc/group", Node::file(group.into_bytes(), 0o644));
-    tree.insert(
-        "etc/shadow",
-        Node {
-            gid: 42,
-            ..Node::file(shadow.into_bytes(), 0o640)
-        },
-    );
+    super::sysusers::write_account_files(tree, passwd, group, shadow);
     tree.insert(
         "etc/gshadow",
         Node {

@@ -202,6 +202,12 @@ pub fn apply(tree: &mut Tree) {
             })
             .collect();
     }
+    write_account_files(tree, passwd, group, shadow);
+}
+
+/// `/etc/passwd`, `/etc/group` and `/etc/shadow` with Debian's modes
+/// (shadow is readable by group `shadow`, gid 42).
+pub(super) fn write_account_files(tree: &mut Tree, passwd: String, group: String, shadow: String) {
     tree.insert("etc/passwd", Node::file(passwd.into_bytes(), 0o644));
     tree.insert("etc/group", Node::file(group.into_bytes(), 0o644));
     tree.insert(
