@@ -6,14 +6,23 @@
 //! ```
 //!
 //! Exit codes: 0 done, 1 failed (one `kiln: ERROR: ` line says why),
-//! 2 bad command line.
+//! 2 bad command line. An invalid node config fails before anything is
+//! written, so `k3s.service` (which requires this one) never starts on it.
+//! A rack file with no entry for this node and `wait-for-config: true` is
+//! retried every 10 s (the datasources are read again each time), so an
+//! entry added to the boot partition's node.yaml is picked up.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use kiln_node::datasource;
 use kiln_node::firstboot::{self, Options};
+
+/// How often `apply` tries again while a rack file has no entry for this
+/// node (`wait-for-config: true`).
+const RETRY_EVERY: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage: kiln-firstboot apply [--root DIR]
        kiln-firstboot wait-ready [--timeout SECS] [--root DIR]
@@ -82,7 +91,7 @@ fn main() -> ExitCode {
     let opts = Options::with_root(&root);
     let mut out = std::io::stdout();
     let result = match command {
-        Command::Apply => firstboot::apply(&opts, &datasource::all(), &mut out).map(|_| ()),
+        Command::Apply => apply_until_configured(&opts, &mut out),
         Command::WaitReady { timeout } => firstboot::wait_ready(
             &opts,
             Duration::from_secs(timeout),
@@ -96,6 +105,30 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("kiln: ERROR: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `apply`, again every [`RETRY_EVERY`] while it fails in a way that may
+/// pass later; each new error is printed once.
+fn apply_until_configured(opts: &Options, out: &mut dyn Write) -> Result<(), firstboot::Error> {
+    let mut last = String::new();
+    loop {
+        match firstboot::apply(opts, &datasource::all(), out) {
+            Err(e) if e.is_retryable() => {
+                let msg = e.to_string();
+                if msg != last {
+                    eprintln!("kiln: ERROR: {msg}");
+                    let _ = writeln!(
+                        out,
+                        "kiln: waiting for a node config for this node, retrying every {} s",
+                        RETRY_EVERY.as_secs()
+                    );
+                    last = msg;
+                }
+                std::thread::sleep(RETRY_EVERY);
+            }
+            other => return other.map(|_| ()),
         }
     }
 }

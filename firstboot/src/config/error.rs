@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::locate;
+
 /// A 1-based line and column in the node config text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -39,6 +41,10 @@ pub enum ErrorKind {
     /// Keys that are valid alone but not together (agent without server,
     /// token and token-file, ...).
     Conflict,
+    /// Rack mode: this node has no entry in `nodes:` and may not use the
+    /// common part (`wait-for-config: true`, or the common part has no
+    /// role). Not the file's fault: the service reports it and retries.
+    NoEntry,
 }
 
 /// A node config error:
@@ -87,14 +93,35 @@ impl ConfigError {
         }
     }
 
+    /// The error with every one of `secrets` shown as `***`.
+    pub(crate) fn scrubbed(mut self, secrets: &[String]) -> Self {
+        use super::secret::scrub;
+        self.message = scrub(&self.message, secrets);
+        self.hint = scrub(&self.hint, secrets);
+        self.key = self.key.map(|k| scrub(&k, secrets));
+        self
+    }
+
     /// Turns serde_yaml's error into ours: same message without its
     /// "at line N column M" tails, a kind, the key and a hint.
     pub(crate) fn from_yaml(e: &serde_yaml::Error, text: &str, file: &str) -> Self {
         let mut location = e.location().map(|l| Location::new(l.line(), l.column()));
-        let message = strip_positions(&e.to_string());
+        let mut message = plain_names(&strip_positions(&e.to_string()));
         let (key, rest) = split_path(&message);
+        let key = key.map(str::to_owned);
+        let parent: Vec<&str> = key.as_deref().map_or_else(Vec::new, path_parts);
         let (kind, hint) = if let Some(field) = between_backticks(rest, "unknown field `") {
-            (ErrorKind::UnknownField, unknown_field_hint(field, rest))
+            let hint = unknown_field_hint(field, rest, key.as_deref());
+            // A long list of every key helps nobody: the hint names the
+            // closest one, the reference lists them all.
+            if rest.matches('`').count() > 2 * 9 {
+                let short = format!("unknown field `{field}`");
+                message = match &key {
+                    Some(k) => format!("{k}: {short}"),
+                    None => short,
+                };
+            }
+            (ErrorKind::UnknownField, hint)
         } else if let Some(field) = between_backticks(rest, "missing field `") {
             // serde points at the start of the mapping: not useful.
             location = None;
@@ -103,10 +130,12 @@ impl ConfigError {
                 _ => format!("add `{field}:`"),
             };
             (ErrorKind::MissingField, hint)
-        } else if let Some(field) = between_backticks(rest, "duplicate field `") {
-            location = locate_key_nth(text, field, 1)
-                .map(|l| Location { column: 1, ..l })
-                .or(location);
+        } else if let Some(field) = between_backticks(rest, "duplicate field `")
+            .or_else(|| between_backticks(rest, "duplicate entry `"))
+        {
+            let mut path = parent.clone();
+            path.push(field);
+            location = locate::locate_key(text, &path, 1).or(location);
             let hint = format!("keep one `{field}:` line and remove the other");
             (ErrorKind::DuplicateField, hint)
         } else if rest.starts_with("invalid type")
@@ -122,11 +151,42 @@ impl ConfigError {
             file: file.to_owned(),
             location,
             kind,
-            key: key.map(str::to_owned),
+            key,
             message,
             hint,
         }
     }
+}
+
+/// `nodes.aa:bb:cc:dd:ee:ff.network` → its keys; list indices dropped.
+fn path_parts(path: &str) -> Vec<&str> {
+    path.split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// serde names our types; the user knows mappings.
+fn plain_names(message: &str) -> String {
+    let mut m = message.to_owned();
+    for (ty, plain) in [
+        ("struct RawConfig", "a mapping of `key: value` lines"),
+        (
+            "struct RawNetwork",
+            "a mapping (interface, mac, dhcp, address, gateway, dns)",
+        ),
+        ("struct Registries", "a mapping (mirrors, configs)"),
+        ("struct Mirror", "a mapping (endpoint, rewrite)"),
+        ("struct RegistryConfig", "a mapping (auth, tls)"),
+        ("struct Auth", "a mapping (username, password, token)"),
+        (
+            "struct Tls",
+            "a mapping (ca_file, cert_file, key_file, insecure_skip_verify)",
+        ),
+    ] {
+        m = m.replace(ty, plain);
+    }
+    m
 }
 
 /// Removes every " at line N column M" serde_yaml adds to its messages.
@@ -158,7 +218,7 @@ fn split_path(message: &str) -> (Option<&str>, &str) {
         let is_path = !path.is_empty()
             && path
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.[]".contains(c));
+                .all(|c| c.is_ascii_alphanumeric() || "-_.[]:*".contains(c));
         if is_path {
             return (Some(path), rest);
         }
@@ -171,7 +231,7 @@ fn between_backticks<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     rest.split_once('`').map(|(name, _)| name)
 }
 
-fn unknown_field_hint(field: &str, message: &str) -> String {
+fn unknown_field_hint(field: &str, message: &str, parent: Option<&str>) -> String {
     let expected: Vec<&str> = message.split('`').skip(3).step_by(2).collect();
     let closest = expected
         .iter()
@@ -180,7 +240,14 @@ fn unknown_field_hint(field: &str, message: &str) -> String {
         .min();
     match closest {
         Some((_, name)) => format!("did you mean `{name}`?"),
-        None => format!("other k3s flags go under `k3s-args:`, e.g. `k3s-args: {{{field}: ...}}`"),
+        None if parent.is_none() => format!(
+            "other k3s flags go under `k3s-args:`, e.g. `k3s-args: {{{field}: ...}}`; \
+             docs/node-config.md lists every key"
+        ),
+        None => format!(
+            "docs/node-config.md describes `{}`",
+            parent.unwrap_or_default()
+        ),
     }
 }
 
@@ -193,8 +260,12 @@ fn value_hint(message: &str) -> String {
         "write one value, or a list: `[a, b]` or one `- a` line per item".to_owned()
     } else if message.contains("expected a string") {
         "write a single value; quote it if it contains `: ` or ` #`".to_owned()
-    } else if message.contains("expected struct NodeConfig") {
+    } else if message.contains("expected a mapping of `key: value` lines") {
         "node.yaml is a mapping of `key: value` lines, e.g. `role: server`".to_owned()
+    } else if message.contains("expected a mapping") {
+        "write `key: value` lines indented under it, or `{key: value}`".to_owned()
+    } else if message.contains("unknown variant") && message.contains("`vxlan`") {
+        "flannel-backend is vxlan, host-gw, wireguard-native or none".to_owned()
     } else {
         "check the value's type against the node.yaml reference".to_owned()
     }
@@ -222,68 +293,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The position of a top-level `key:`'s value on its own line, or of the
-/// key when the value starts on the next line.
-pub(crate) fn locate_key(text: &str, key: &str) -> Option<Location> {
-    locate_key_nth(text, key, 0)
-}
-
-fn locate_key_nth(text: &str, key: &str, nth: usize) -> Option<Location> {
-    top_level_keys(text, key).nth(nth).map(|(line, l)| {
-        let after = line_after_key(l);
-        let value = after.trim_start();
-        if value.is_empty() || value.starts_with('#') {
-            Location::new(line, 1)
-        } else {
-            Location::new(line, l.chars().count() - value.chars().count() + 1)
-        }
-    })
-}
-
-/// Where `item` first appears in the value of the top-level `key` (a list
-/// entry, a nested key); the key's location when it cannot be found.
-pub(crate) fn locate_item(text: &str, key: &str, item: &str) -> Option<Location> {
-    let (first, l) = top_level_keys(text, key).next()?;
-    let lines: Vec<&str> = text.lines().collect();
-    let key_end = l.chars().count() - line_after_key(l).chars().count();
-    for (i, line) in lines.iter().enumerate().skip(first - 1) {
-        if i + 1 > first && is_top_level_key_line(line) {
-            break;
-        }
-        let skip = if i + 1 == first { key_end } else { 0 };
-        let hay: String = line.chars().skip(skip).collect();
-        if let Some(byte) = hay.find(item) {
-            let column = skip + hay[..byte].chars().count() + 1;
-            return Some(Location::new(i + 1, column));
-        }
-    }
-    locate_key(text, key)
-}
-
-fn top_level_keys<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = (usize, &'a str)> {
-    text.lines()
-        .enumerate()
-        .filter(move |(_, l)| key_of_line(l) == Some(key))
-        .map(|(i, l)| (i + 1, l))
-}
-
-fn is_top_level_key_line(line: &str) -> bool {
-    key_of_line(line).is_some()
-}
-
-/// `key` of a line `key: ...` written at column 1 (quotes allowed).
-fn key_of_line(line: &str) -> Option<&str> {
-    if line.starts_with([' ', '\t', '#', '-']) {
-        return None;
-    }
-    let (k, _) = line.split_once(':')?;
-    Some(k.trim_end().trim_matches(|c| c == '"' || c == '\''))
-}
-
-fn line_after_key(line: &str) -> &str {
-    line.split_once(':').map_or("", |(_, v)| v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,31 +304,6 @@ mod tests {
             "found unexpected end of stream, while scanning a quoted scalar"
         );
         assert_eq!(strip_positions("bad at line x"), "bad at line x");
-    }
-
-    #[test]
-    fn locates_values_and_items() {
-        let text = "# c\nrole: agent\ntls-san:\n  - a\n  - bad\nhostname:   x_y # c\n";
-        assert_eq!(
-            locate_key(text, "role"),
-            Some(Location { line: 2, column: 7 })
-        );
-        assert_eq!(
-            locate_key(text, "tls-san"),
-            Some(Location { line: 3, column: 1 })
-        );
-        assert_eq!(
-            locate_key(text, "hostname"),
-            Some(Location {
-                line: 6,
-                column: 13
-            })
-        );
-        assert_eq!(
-            locate_item(text, "tls-san", "bad"),
-            Some(Location { line: 5, column: 5 })
-        );
-        assert_eq!(locate_key(text, "server"), None);
     }
 
     #[test]

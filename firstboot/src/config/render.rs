@@ -8,9 +8,10 @@ use std::fmt::Write;
 
 use serde_yaml::Value;
 
-use super::{NodeConfig, Role};
+use super::{FlannelBackend, NodeConfig, Role, Secret};
 
-/// The k3s config for `config`, as k3s reads it.
+/// The k3s config for `config`, as k3s reads it. It holds the token and
+/// the datastore credentials: write it 0600.
 pub fn render_k3s_config(config: &NodeConfig) -> String {
     let mut out = String::new();
     out.push_str("# k3s config written by kiln-firstboot from the node config (node.yaml).\n");
@@ -20,9 +21,11 @@ pub fn render_k3s_config(config: &NodeConfig) -> String {
         out.push_str("cluster-init: true\n");
     }
     scalar(&mut out, "server", config.server.as_deref());
-    scalar(&mut out, "token", config.token.as_deref());
+    scalar(&mut out, "token", config.token.as_ref().map(Secret::expose));
     scalar(&mut out, "token-file", config.token_file.as_deref());
     if server {
+        let datastore = config.datastore_endpoint.as_ref().map(Secret::expose);
+        scalar(&mut out, "datastore-endpoint", datastore);
         scalar(
             &mut out,
             "write-kubeconfig-mode",
@@ -30,13 +33,21 @@ pub fn render_k3s_config(config: &NodeConfig) -> String {
         );
         list(&mut out, "tls-san", &config.tls_san);
         list(&mut out, "disable", &config.disable);
+        let backend = config.flannel_backend.map(FlannelBackend::as_str);
+        scalar(&mut out, "flannel-backend", backend);
+        joined(&mut out, "cluster-cidr", &config.cluster_cidr);
+        joined(&mut out, "service-cidr", &config.service_cidr);
+        joined(&mut out, "cluster-dns", &config.cluster_dns);
     }
+    list(&mut out, "node-ip", &config.node_ip);
+    list(&mut out, "node-external-ip", &config.node_external_ip);
+    scalar(&mut out, "flannel-iface", config.flannel_iface.as_deref());
     list(&mut out, "node-label", &config.node_label);
     list(&mut out, "node-taint", &config.node_taint);
     if !config.k3s_args.is_empty() {
         out.push_str("# passed through from k3s-args\n");
     }
-    for (flag, value) in &config.k3s_args {
+    for (flag, value) in config.k3s_args.iter() {
         match value {
             Value::Sequence(items) => {
                 let _ = writeln!(out, "{flag}:");
@@ -50,6 +61,13 @@ pub fn render_k3s_config(config: &NodeConfig) -> String {
         }
     }
     out
+}
+
+/// Dual-stack values as k3s documents them: one string, comma-separated.
+fn joined(out: &mut String, key: &str, items: &[String]) {
+    if !items.is_empty() {
+        scalar(out, key, Some(&items.join(",")));
+    }
 }
 
 fn scalar(out: &mut String, key: &str, value: Option<&str>) {
@@ -79,7 +97,7 @@ fn yaml_value(v: &Value) -> String {
 }
 
 /// A YAML double-quoted scalar.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for ch in s.chars() {

@@ -1,11 +1,18 @@
-//! Rules that tie keys together or constrain values beyond their type. Each
-//! returns the first [`ConfigError`] it finds, located by searching the key
-//! in the text (serde does not keep positions of values).
+//! Rules that tie k3s keys together or constrain values beyond their type,
+//! and the step from a (merged) [`RawConfig`] to a [`NodeConfig`]. Each
+//! rule returns the first [`ConfigError`] it finds, located through the
+//! [`Checker`] (serde keeps no positions of values). Host settings
+//! (network, NTP, SSH, timezone, registries, manifests) are in
+//! `validate_host.rs`.
 
 use serde_yaml::Value;
 
-use super::error::{locate_item, locate_key};
-use super::{ConfigError, ErrorKind, NodeConfig, Role};
+use super::error::Location;
+use super::locate;
+use super::net::{check_ifname, parse_ip, parse_network, Cidr};
+use super::raw::RawConfig;
+use super::secret::redact_url;
+use super::{validate_host, ConfigError, ErrorKind, K3sArgs, NodeConfig, Role};
 
 /// Keys that k3s accepts only for `k3s server`.
 const SERVER_ONLY: &[&str] = &[
@@ -13,6 +20,12 @@ const SERVER_ONLY: &[&str] = &[
     "tls-san",
     "disable",
     "write-kubeconfig-mode",
+    "datastore-endpoint",
+    "flannel-backend",
+    "cluster-cidr",
+    "service-cidr",
+    "cluster-dns",
+    "manifests",
 ];
 
 /// Keys node.yaml has its own field for; k3s-args must not repeat them.
@@ -21,62 +34,207 @@ const TYPED_KEYS: &[&str] = &[
     "server",
     "token",
     "token-file",
+    "datastore-endpoint",
     "write-kubeconfig-mode",
     "tls-san",
     "node-label",
     "node-taint",
     "disable",
+    "node-ip",
+    "node-external-ip",
+    "flannel-iface",
+    "flannel-backend",
+    "cluster-cidr",
+    "service-cidr",
+    "cluster-dns",
 ];
 
 const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
-struct Checker<'a> {
-    text: &'a str,
-    file: &'a str,
+/// k3s's service network when the config names none.
+const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
+
+/// Builds located errors. While a rack entry is checked, a key's position
+/// is where the entry sets it, else where the common part does.
+pub(super) struct Checker<'a> {
+    pub text: &'a str,
+    pub file: &'a str,
+    pub entry: Option<Entry<'a>>,
 }
 
-impl Checker<'_> {
-    fn err(&self, kind: ErrorKind, key: &str, msg: String, hint: &str) -> ConfigError {
-        ConfigError::new(
-            self.file,
-            locate_key(self.text, key),
-            kind,
-            Some(key),
+/// The rack entry being checked: its key and what it and the common part
+/// set (as YAML values, to tell which one a merged key came from).
+pub(super) struct Entry<'a> {
+    pub key: &'a str,
+    pub set: Value,
+    pub common: Value,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(text: &'a str, file: &'a str) -> Self {
+        Checker {
+            text,
+            file,
+            entry: None,
+        }
+    }
+
+    /// The full key path of `path`, the path to look for in the text, and
+    /// whether only the rack entry's own key can be pointed at.
+    fn place(&self, path: &[&str]) -> (String, Vec<String>, bool) {
+        let plain: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        let Some(e) = &self.entry else {
+            return (plain.join("."), plain, false);
+        };
+        let mut in_entry = vec!["nodes".to_owned(), e.key.to_owned()];
+        let full = format!("nodes.{}.{}", e.key, plain.join("."));
+        let head = &path[..path.len().min(1)];
+        if has_path(&e.set, path) || (!has_path(&e.common, path) && has_path(&e.set, head)) {
+            in_entry.extend(plain);
+            (full, in_entry, false)
+        } else if has_path(&e.common, head) {
+            (full, plain, false)
+        } else {
+            (full, in_entry, true)
+        }
+    }
+
+    fn message(&self, msg: String) -> String {
+        match &self.entry {
+            Some(e) => format!("nodes.{}: {msg}", e.key),
+            None => msg,
+        }
+    }
+
+    pub fn err(&self, kind: ErrorKind, path: &[&str], msg: String, hint: &str) -> ConfigError {
+        let (key, look, key_only) = self.place(path);
+        let look: Vec<&str> = look.iter().map(String::as_str).collect();
+        let at = if key_only {
+            locate::locate_key(self.text, &look, 0)
+        } else {
+            locate::locate(self.text, &look)
+        };
+        ConfigError::new(self.file, at, kind, Some(&key), self.message(msg), hint)
+    }
+
+    /// An error about one value inside `path` (a list item, a nested value).
+    pub fn err_item(&self, path: &[&str], item: &str, msg: String, hint: &str) -> ConfigError {
+        let (key, look, key_only) = self.place(path);
+        let look: Vec<&str> = look.iter().map(String::as_str).collect();
+        let at = if key_only {
+            locate::locate_key(self.text, &look, 0)
+        } else {
+            locate::locate_in(self.text, &look, item)
+        };
+        let (kind, msg) = (ErrorKind::InvalidValue, self.message(msg));
+        ConfigError::new(self.file, at, kind, Some(&key), msg, hint)
+    }
+}
+
+fn has_path(v: &Value, path: &[&str]) -> bool {
+    let mut cur = v;
+    for seg in path {
+        match cur.get(*seg) {
+            Some(next) => cur = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A merged, complete config → [`NodeConfig`], or the first rule it breaks.
+pub(super) fn resolve(raw: &RawConfig, ck: &Checker) -> Result<NodeConfig, ConfigError> {
+    let Some(role) = raw.role else {
+        let hint = match ck.entry {
+            Some(_) => "add `role: server` or `role: agent` to this entry or to the common part",
+            None => "add `role: server` or `role: agent`",
+        };
+        let (key, at) = match &ck.entry {
+            Some(e) => (
+                format!("nodes.{}", e.key),
+                locate::locate_key(ck.text, &["nodes", e.key], 0),
+            ),
+            None => ("role".to_owned(), None::<Location>),
+        };
+        let msg = ck.message("missing field `role`".to_owned());
+        return Err(ConfigError::new(
+            ck.file,
+            at,
+            ErrorKind::MissingField,
+            Some(&key),
             msg,
             hint,
-        )
-    }
-
-    fn err_item(&self, key: &str, item: &str, msg: String, hint: &str) -> ConfigError {
-        let at = locate_item(self.text, key, item);
-        ConfigError::new(self.file, at, ErrorKind::InvalidValue, Some(key), msg, hint)
-    }
-}
-
-pub(super) fn validate(c: &NodeConfig, text: &str, file: &str) -> Result<(), ConfigError> {
-    let ck = Checker { text, file };
-    check_role(c, &ck)?;
-    check_join(c, &ck)?;
+        ));
+    };
+    let list = |l: &Option<Vec<String>>| l.clone().unwrap_or_default();
+    let c = NodeConfig {
+        role,
+        cluster_init: raw.cluster_init.unwrap_or(false),
+        server: raw.server.clone(),
+        token: raw.token.clone(),
+        token_file: raw.token_file.clone(),
+        datastore_endpoint: raw.datastore_endpoint.clone(),
+        hostname: raw.hostname.clone(),
+        write_kubeconfig_mode: raw.write_kubeconfig_mode.clone(),
+        tls_san: list(&raw.tls_san),
+        node_label: list(&raw.node_label),
+        node_taint: list(&raw.node_taint),
+        disable: list(&raw.disable),
+        node_ip: list(&raw.node_ip),
+        node_external_ip: list(&raw.node_external_ip),
+        flannel_iface: raw.flannel_iface.clone(),
+        flannel_backend: raw.flannel_backend,
+        cluster_cidr: list(&raw.cluster_cidr),
+        service_cidr: list(&raw.service_cidr),
+        cluster_dns: list(&raw.cluster_dns),
+        network: None,
+        ntp: list(&raw.ntp),
+        ssh_authorized_keys: list(&raw.ssh_authorized_keys),
+        timezone: raw.timezone.clone(),
+        registries: raw.registries.clone(),
+        manifests: super::Manifests(
+            raw.manifests
+                .as_ref()
+                .map(|m| m.sorted())
+                .unwrap_or_default(),
+        ),
+        k3s_args: K3sArgs(
+            raw.k3s_args
+                .as_ref()
+                .map(|m| m.sorted())
+                .unwrap_or_default(),
+        ),
+    };
+    check_role(&c, raw, ck)?;
+    check_join(&c, ck)?;
     if let Some(h) = &c.hostname {
         if let Err(why) = check_hostname(h) {
             let msg = format!("hostname `{h}` is not a valid RFC 1123 hostname: {why}");
             let hint = "use lowercase letters, digits and `-` (not first or last), \
                         dots between labels, at most 64 characters";
-            return Err(ck.err(ErrorKind::InvalidValue, "hostname", msg, hint));
+            return Err(ck.err(ErrorKind::InvalidValue, &["hostname"], msg, hint));
         }
     }
     if let Some(mode) = &c.write_kubeconfig_mode {
         if !is_octal_mode(mode) {
             let msg = format!("write-kubeconfig-mode `{mode}` is not an octal file mode");
             let hint = "quote three or four octal digits, e.g. \"0600\" or \"0644\"";
-            return Err(ck.err(ErrorKind::InvalidValue, "write-kubeconfig-mode", msg, hint));
+            return Err(ck.err(
+                ErrorKind::InvalidValue,
+                &["write-kubeconfig-mode"],
+                msg,
+                hint,
+            ));
         }
     }
-    check_labels_and_taints(c, &ck)?;
-    check_k3s_args(c, &ck)
+    check_labels_and_taints(&c, ck)?;
+    check_k3s_network(&c, ck)?;
+    check_k3s_args(&c, ck)?;
+    let network = validate_host::check(&c, raw, ck)?;
+    Ok(NodeConfig { network, ..c })
 }
 
-fn check_role(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigError> {
+fn check_role(c: &NodeConfig, raw: &RawConfig, ck: &Checker) -> Result<(), ConfigError> {
     if c.role != Role::Agent {
         return Ok(());
     }
@@ -85,24 +243,30 @@ fn check_role(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigError> {
             "cluster-init" => c.cluster_init,
             "tls-san" => !c.tls_san.is_empty(),
             "disable" => !c.disable.is_empty(),
-            _ => c.write_kubeconfig_mode.is_some(),
+            "write-kubeconfig-mode" => c.write_kubeconfig_mode.is_some(),
+            "datastore-endpoint" => c.datastore_endpoint.is_some(),
+            "flannel-backend" => c.flannel_backend.is_some(),
+            "cluster-cidr" => !c.cluster_cidr.is_empty(),
+            "service-cidr" => !c.service_cidr.is_empty(),
+            "cluster-dns" => !c.cluster_dns.is_empty(),
+            _ => raw.manifests.as_ref().is_some_and(|m| !m.0.is_empty()),
         };
         if set {
             let msg = format!("`{key}` is a server setting, and this node is an agent");
             let hint = "remove it, or set `role: server`";
-            return Err(ck.err(ErrorKind::Conflict, key, msg, hint));
+            return Err(ck.err(ErrorKind::Conflict, &[key], msg, hint));
         }
     }
     if c.server.is_none() {
         let msg = "an agent needs `server`, the URL of the server to join".to_owned();
         let hint = "add `server: https://<server address>:6443`";
-        return Err(ck.err(ErrorKind::Conflict, "role", msg, hint));
+        return Err(ck.err(ErrorKind::Conflict, &["role"], msg, hint));
     }
     if c.token.is_none() && c.token_file.is_none() {
         let msg = "an agent needs `token` or `token-file` to join".to_owned();
         let hint =
             "add `token: <token>`; a server keeps it in /var/lib/rancher/k3s/server/node-token";
-        return Err(ck.err(ErrorKind::Conflict, "role", msg, hint));
+        return Err(ck.err(ErrorKind::Conflict, &["role"], msg, hint));
     }
     Ok(())
 }
@@ -111,37 +275,93 @@ fn check_join(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigError> {
     if c.cluster_init && c.server.is_some() {
         let msg = "`cluster-init` starts a new cluster, `server` joins an existing one".to_owned();
         let hint = "the first server sets `cluster-init: true`, the others set `server:`";
-        return Err(ck.err(ErrorKind::Conflict, "cluster-init", msg, hint));
+        return Err(ck.err(ErrorKind::Conflict, &["cluster-init"], msg, hint));
     }
     if let Some(url) = &c.server {
         if let Err(why) = check_server_url(url) {
-            let msg = format!("server `{url}` is not a k3s server URL: {why}");
+            let msg = format!(
+                "server `{}` is not a k3s server URL: {why}",
+                redact_url(url)
+            );
             let hint = "write it as https://HOST:PORT, e.g. https://10.0.0.1:6443";
-            return Err(ck.err(ErrorKind::InvalidValue, "server", msg, hint));
+            return Err(ck.err(ErrorKind::InvalidValue, &["server"], msg, hint));
         }
     }
     if c.token.is_some() && c.token_file.is_some() {
         let msg = "`token` and `token-file` are both set".to_owned();
-        return Err(ck.err(ErrorKind::Conflict, "token-file", msg, "keep one of them"));
+        return Err(ck.err(
+            ErrorKind::Conflict,
+            &["token-file"],
+            msg,
+            "keep one of them",
+        ));
     }
     if let Some(t) = &c.token {
+        let t = t.expose();
         if t.is_empty() || t.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
             let msg = "`token` is empty or contains spaces or line breaks".to_owned();
             let hint = "paste the token as one word, in quotes";
-            return Err(ck.err(ErrorKind::InvalidValue, "token", msg, hint));
+            return Err(ck.err(ErrorKind::InvalidValue, &["token"], msg, hint));
         }
     }
     if let Some(f) = &c.token_file {
         if !f.starts_with('/') {
             let msg = format!("token-file `{f}` is not an absolute path");
             let hint = "give the file's full path on the node, e.g. /var/lib/kiln/token";
-            return Err(ck.err(ErrorKind::InvalidValue, "token-file", msg, hint));
+            return Err(ck.err(ErrorKind::InvalidValue, &["token-file"], msg, hint));
+        }
+    }
+    if let Some(ep) = &c.datastore_endpoint {
+        let key = &["datastore-endpoint"];
+        if c.cluster_init {
+            let msg = "`cluster-init` starts embedded etcd, `datastore-endpoint` names an \
+                       external datastore"
+                .to_owned();
+            let hint = "keep one: servers of one cluster share either etcd or the datastore";
+            return Err(ck.err(ErrorKind::Conflict, key, msg, hint));
+        }
+        if let Err(why) = check_datastore(ep.expose()) {
+            let msg = format!(
+                "datastore-endpoint `{}` is not a datastore k3s knows: {why}",
+                redact_url(ep.expose())
+            );
+            let hint = "write mysql://USER:PASS@tcp(HOST:3306)/DB, \
+                        postgres://USER:PASS@HOST:5432/DB or https://ETCD:2379[,https://...]";
+            return Err(ck.err(ErrorKind::InvalidValue, key, msg, hint));
         }
     }
     Ok(())
 }
 
-fn check_server_url(url: &str) -> Result<(), &'static str> {
+/// MySQL, PostgreSQL, or a comma-separated list of etcd URLs.
+fn check_datastore(ep: &str) -> Result<(), &'static str> {
+    if ep.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains spaces or line breaks");
+    }
+    for scheme in ["mysql://", "postgres://", "postgresql://"] {
+        if let Some(rest) = ep.strip_prefix(scheme) {
+            return match rest.rsplit_once('@').map_or(rest, |(_, host)| host) {
+                "" => Err("the host is missing"),
+                _ => Ok(()),
+            };
+        }
+    }
+    if ep.starts_with("https://") || ep.starts_with("http://") {
+        for url in ep.split(',') {
+            let host = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .ok_or("every etcd endpoint in the list starts with https:// or http://")?;
+            if host.is_empty() || host.starts_with([':', '/']) {
+                return Err("an etcd endpoint has no host");
+            }
+        }
+        return Ok(());
+    }
+    Err("it must start with mysql://, postgres:// or https:// (etcd)")
+}
+
+pub(super) fn check_server_url(url: &str) -> Result<(), &'static str> {
     let rest = url
         .strip_prefix("https://")
         .ok_or("it must start with https://")?;
@@ -163,9 +383,12 @@ fn check_server_url(url: &str) -> Result<(), &'static str> {
     if host.is_empty() {
         return Err("the host is missing");
     }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the host contains spaces");
+    }
     if let Some(p) = port {
         match p.parse::<u16>() {
-            Ok(n) if n > 0 => {}
+            Ok(n) if n > 0 && !p.starts_with('+') => {}
             _ => return Err("the port is not a number from 1 to 65535"),
         }
     }
@@ -195,7 +418,7 @@ fn check_hostname(name: &str) -> Result<(), String> {
             return Err(if ch.is_ascii_uppercase() {
                 "uppercase letters are not allowed (Kubernetes node names are lowercase)".to_owned()
             } else {
-                format!("`{ch}` is not allowed")
+                format!("`{}` is not allowed", ch.escape_default())
             });
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -219,7 +442,7 @@ fn check_labels_and_taints(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigErr
         let ok = label.split_once('=').is_some_and(|(k, _)| !k.is_empty());
         if !ok {
             let msg = format!("node-label `{label}` is not `key=value`");
-            return Err(ck.err_item("node-label", label, msg, "write labels as `key=value`"));
+            return Err(ck.err_item(&["node-label"], label, msg, "write labels as `key=value`"));
         }
     }
     for taint in &c.node_taint {
@@ -230,56 +453,166 @@ fn check_labels_and_taints(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigErr
         if !ok {
             let msg = format!("node-taint `{taint}` is not `key=value:Effect`");
             let hint = "Effect is NoSchedule, PreferNoSchedule or NoExecute";
-            return Err(ck.err_item("node-taint", taint, msg, hint));
+            return Err(ck.err_item(&["node-taint"], taint, msg, hint));
         }
     }
     Ok(())
 }
 
+/// node-ip, node-external-ip, flannel-iface, cluster-cidr, service-cidr,
+/// cluster-dns: well formed, at most one per address family, and the
+/// networks consistent with each other.
+fn check_k3s_network(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigError> {
+    for (key, ips) in [
+        ("node-ip", &c.node_ip),
+        ("node-external-ip", &c.node_external_ip),
+        ("cluster-dns", &c.cluster_dns),
+    ] {
+        let mut families = Vec::new();
+        for ip in ips {
+            let addr = parse_ip(ip).map_err(|why| {
+                let msg = format!("{key} `{ip}` is not an IP address: {why}");
+                ck.err_item(
+                    &[key],
+                    ip,
+                    msg,
+                    "write an address such as 10.0.0.5 or fd00::5",
+                )
+            })?;
+            families.push(addr.is_ipv4());
+        }
+        dual_stack(key, &families, ips, ck)?;
+    }
+    if let Some(iface) = &c.flannel_iface {
+        if let Err(why) = check_ifname(iface) {
+            let msg = format!("flannel-iface `{iface}` is not an interface name: {why}");
+            let hint = "name the node's uplink, e.g. eth0";
+            return Err(ck.err(ErrorKind::InvalidValue, &["flannel-iface"], msg, hint));
+        }
+    }
+    let mut nets: Vec<(&str, Vec<Cidr>)> = Vec::new();
+    for (key, list) in [
+        ("cluster-cidr", &c.cluster_cidr),
+        ("service-cidr", &c.service_cidr),
+    ] {
+        let mut cidrs = Vec::new();
+        for text in list {
+            let cidr = parse_network(text).map_err(|why| {
+                let msg = format!("{key} `{text}` is not a network CIDR: {why}");
+                ck.err_item(&[key], text, msg, "write NETWORK/PREFIX, e.g. 10.42.0.0/16")
+            })?;
+            cidrs.push(cidr);
+        }
+        let families: Vec<bool> = cidrs.iter().map(|c| c.addr.is_ipv4()).collect();
+        dual_stack(key, &families, list, ck)?;
+        nets.push((key, cidrs));
+    }
+    for pod in &nets[0].1 {
+        if let Some(svc) = nets[1].1.iter().find(|s| s.overlaps(pod)) {
+            let msg = format!(
+                "service-cidr {}/{} overlaps cluster-cidr {}/{}",
+                svc.addr, svc.prefix, pod.addr, pod.prefix
+            );
+            let hint = "pods and services need separate networks (k3s: 10.42.0.0/16, 10.43.0.0/16)";
+            return Err(ck.err(ErrorKind::Conflict, &["service-cidr"], msg, hint));
+        }
+    }
+    let default_svc = [parse_network(DEFAULT_SERVICE_CIDR).expect("valid default")];
+    let services: &[Cidr] = if nets[1].1.is_empty() {
+        &default_svc
+    } else {
+        &nets[1].1
+    };
+    for dns in &c.cluster_dns {
+        let Ok(ip) = parse_ip(dns) else { continue };
+        let same_family: Vec<&Cidr> = services
+            .iter()
+            .filter(|s| s.addr.is_ipv4() == ip.is_ipv4())
+            .collect();
+        if let Some(svc) = same_family
+            .first()
+            .filter(|_| !same_family.iter().any(|s| s.contains(ip)))
+        {
+            let msg = format!(
+                "cluster-dns {dns} is outside the service network {}/{}",
+                svc.network(),
+                svc.prefix
+            );
+            let hint = "CoreDNS gets an address of the service network, e.g. 10.43.0.10";
+            return Err(ck.err_item(&["cluster-dns"], dns, msg, hint));
+        }
+    }
+    Ok(())
+}
+
+/// At most two values, one IPv4 and one IPv6.
+fn dual_stack(key: &str, v4: &[bool], items: &[String], ck: &Checker) -> Result<(), ConfigError> {
+    let twice = v4.len() > 2 || (v4.len() == 2 && v4[0] == v4[1]);
+    if twice {
+        let msg = format!("{key} has more than one value of the same address family");
+        let hint = "give at most one IPv4 and one IPv6 value (dual stack)";
+        let item = items.get(1).map_or("", String::as_str);
+        return Err(ck.err_item(&[key], item, msg, hint));
+    }
+    Ok(())
+}
+
 fn check_k3s_args(c: &NodeConfig, ck: &Checker) -> Result<(), ConfigError> {
-    for (flag, value) in &c.k3s_args {
-        let at = |msg: String, hint: &str| {
-            let mut e = ck.err_item("k3s-args", flag, msg, hint);
-            e.key = Some(format!("k3s-args.{flag}"));
-            e
-        };
+    for (flag, value) in c.k3s_args.iter() {
+        let at = |msg: String, hint: &str| ck.err_item(&["k3s-args"], flag, msg, hint);
         let well_formed = flag
             .starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
             && flag
                 .chars()
                 .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        let with_key = |mut e: ConfigError| {
+            e.key = Some(match &ck.entry {
+                Some(en) => format!("nodes.{}.k3s-args.{flag}", en.key),
+                None => format!("k3s-args.{flag}"),
+            });
+            e
+        };
         if !well_formed {
-            let msg = format!("k3s-args key `{flag}` is not a k3s flag name");
-            return Err(at(
+            let msg = format!(
+                "k3s-args key `{}` is not a k3s flag name",
+                flag.escape_default()
+            );
+            return Err(with_key(at(
                 msg,
                 "write the long flag name without dashes, e.g. `kubelet-arg`",
-            ));
+            )));
         }
         if TYPED_KEYS.contains(&flag.as_str()) {
             let msg = format!("`{flag}` has its own key in node.yaml");
-            return Err(at(
+            return Err(with_key(at(
                 msg,
                 &format!("write `{flag}:` at the top level, not under k3s-args"),
-            ));
+            )));
         }
         if flag == "config" {
             let msg = "k3s-args cannot set `config`".to_owned();
-            return Err(at(msg, "kiln-firstboot writes the k3s config itself"));
+            return Err(with_key(at(
+                msg,
+                "kiln-firstboot writes the k3s config itself",
+            )));
         }
         let ok = match value {
             Value::Null => {
                 let msg = format!("k3s-args `{flag}` has no value");
-                return Err(at(msg, &format!("write a value, e.g. `{flag}: true`")));
+                return Err(with_key(at(
+                    msg,
+                    &format!("write a value, e.g. `{flag}: true`"),
+                )));
             }
             Value::Sequence(items) => items.iter().all(is_scalar),
             v => is_scalar(v),
         };
         if !ok {
             let msg = format!("k3s-args `{flag}` is not a value or a list of values");
-            return Err(at(
+            return Err(with_key(at(
                 msg,
                 "k3s flags take a string, number, boolean or a list of them",
-            ));
+            )));
         }
     }
     Ok(())
@@ -331,8 +664,32 @@ mod tests {
             "https://a:0",
             "https://a:x",
             "https://a/p",
+            "https://a b:1",
         ] {
             assert!(check_server_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn datastores() {
+        for ok in [
+            "mysql://k3s:pw@tcp(db:3306)/k3s",
+            "postgres://k3s:pw@db:5432/k3s?sslmode=disable",
+            "https://etcd-1:2379,https://etcd-2:2379",
+            "http://127.0.0.1:2379",
+        ] {
+            assert_eq!(check_datastore(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "sqlite:///x",
+            "db:5432",
+            "mysql://",
+            "postgres://u:p@",
+            "https://a:2379,etcd-2:2379",
+            "https://",
+            "mysql://a b",
+        ] {
+            assert!(check_datastore(bad).is_err(), "{bad}");
         }
     }
 }

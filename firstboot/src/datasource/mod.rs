@@ -6,8 +6,11 @@
 //! unreadable", and stops the search: a node never silently falls back to
 //! another config.
 //!
-//! To add a datasource (kernel command line, VMware guestinfo, boot
-//! partition, ...):
+//! The order (DESIGN.md, "Node configuration"): kernel command line,
+//! QEMU fw_cfg, (VMware guestinfo / OVF environment, to come), `node.yaml`
+//! on the boot partition, the config baked into the image.
+//!
+//! To add a datasource (VMware guestinfo, ...):
 //! 1. write `<name>.rs` with a unit struct implementing [`Datasource`]; read
 //!    every path through [`under`] so tests can point it at a fake tree;
 //! 2. put it in [`all`] at its place in the order (DESIGN.md, "Node
@@ -15,6 +18,8 @@
 //! 3. add tests with a fake tree: absent, present, unreadable.
 
 mod baked;
+pub mod boot_partition;
+mod cmdline;
 mod fw_cfg;
 
 use std::fmt;
@@ -22,6 +27,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use baked::Baked;
+pub use boot_partition::BootPartition;
+pub use cmdline::Cmdline;
 pub use fw_cfg::FwCfg;
 
 /// One place a node config may come from.
@@ -58,7 +65,12 @@ pub struct Found {
 
 /// Every datasource, in the order they are tried.
 pub fn all() -> Vec<Box<dyn Datasource>> {
-    vec![Box::new(FwCfg), Box::new(Baked)]
+    vec![
+        Box::new(Cmdline),
+        Box::new(FwCfg),
+        Box::new(BootPartition::system()),
+        Box::new(Baked),
+    ]
 }
 
 /// Tries `sources` in order; the first that has a config wins.
@@ -114,7 +126,12 @@ mod tests {
         let names: Vec<String> = all().iter().map(|d| d.name().to_owned()).collect();
         assert_eq!(
             names,
-            ["fw_cfg opt/io.kiln/node.yaml", "/usr/lib/kiln/node.yaml"]
+            [
+                "kernel command line",
+                "fw_cfg opt/io.kiln/node.yaml",
+                "boot partition node.yaml",
+                "/usr/lib/kiln/node.yaml"
+            ]
         );
     }
 
@@ -129,6 +146,13 @@ mod tests {
         let found = find(&all(), &root).unwrap().unwrap();
         assert_eq!(found.source, "fw_cfg opt/io.kiln/node.yaml");
         assert_eq!(found.bytes, b"role: server\n");
+        // A command line without kiln.* keys has nothing; with them, it wins.
+        put(&root, "/proc/cmdline", "console=ttyS0 quiet\n");
+        let found = find(&all(), &root).unwrap().unwrap();
+        assert_eq!(found.source, "fw_cfg opt/io.kiln/node.yaml");
+        put(&root, "/proc/cmdline", "console=ttyS0 kiln.role=server\n");
+        let found = find(&all(), &root).unwrap().unwrap();
+        assert_eq!(found.source, "kernel command line");
         fs::remove_dir_all(root).unwrap();
     }
 

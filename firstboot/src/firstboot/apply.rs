@@ -1,17 +1,22 @@
-//! `kiln-firstboot apply`: one function per step, in boot order.
+//! `kiln-firstboot apply`: find the config, check all of it, then write,
+//! one console line per item. Nothing is written before every check has
+//! passed, so a broken config changes nothing on disk.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
-use super::fsutil::{write_atomic, Written};
-use super::{io_context, say, Error, Options, HOSTNAME_FILE, K3S_CONFIG, K3S_ENV};
-use crate::config::{self, NodeConfig, Role};
+use super::files::{self, FileWrite};
+use super::fsutil::{ensure_dir, replace_symlink, write_atomic, Written};
+use super::{identity, io_context, say, Error, Options, HOSTNAME_FILE, LOCALTIME, TIMEZONE_FILE};
+use crate::config::{self, redact_url, Match, NodeConfig, NodeDoc, Role, Selected};
 use crate::datasource::{self, Datasource};
 use crate::layout::{FIRSTBOOT_DONE, PERSISTED_NODE_CONFIG};
 
 /// Applies the node config: the saved one after the first boot, else the
-/// first one `sources` has. Returns the config applied.
+/// first one `sources` has (this node's entry, for a rack file). Returns
+/// the config applied.
 pub fn apply(
     opts: &Options,
     sources: &[Box<dyn Datasource>],
@@ -28,19 +33,39 @@ pub fn apply(
         say(out, "first boot already done, re-applying saved config");
         (PERSISTED_NODE_CONFIG.to_owned(), read_saved(opts)?)
     };
-    let config = config::parse_bytes(&bytes, &source)?;
+    let doc = config::parse_bytes(&bytes, &source)?;
+    let selected = select(opts, &doc, out)?;
+    let config = selected.config;
+    // Everything that can fail without writing, first.
+    token_file_check(opts, &config)?;
+    let planned = files::plan(&config);
+
     say(out, role_line(&config));
     hostname(opts, &config, out)?;
-    token_file(opts, &config, out)?;
-    let k3s_config = config::render_k3s_config(&config);
-    write(opts, K3S_CONFIG, k3s_config.as_bytes(), 0o600, out)?;
-    let env = format!("K3S_ROLE={}\n", config.role);
-    write(opts, K3S_ENV, env.as_bytes(), 0o644, out)?;
+    token_file_mode(opts, &config, out);
+    if config.role == Role::Server && config.token.is_none() && config.token_file.is_none() {
+        say(
+            out,
+            format!(
+                "token: none given, k3s generates one in {}/server/node-token",
+                files::data_dir(&config)
+            ),
+        );
+    }
+    timezone(opts, &config, out)?;
+    for f in &planned {
+        write(opts, f, out)?;
+    }
     if first_boot {
         // The saved copy first, the marker last: a power cut in between
         // just runs the first boot again.
+        let saved = match &selected.matched {
+            Match::Single => bytes,
+            Match::Entry { key, .. } => saved_yaml(&config, &format!("entry `{key}` of {source}")),
+            Match::NoEntry => saved_yaml(&config, &format!("the common part of {source}")),
+        };
         let path = opts.path(PERSISTED_NODE_CONFIG);
-        write_atomic(&path, &bytes, 0o600).map_err(io_context(format!(
+        write_atomic(&path, &saved, 0o600).map_err(io_context(format!(
             "saving the node config to {PERSISTED_NODE_CONFIG}"
         )))?;
         say(out, format!("saved node config to {PERSISTED_NODE_CONFIG}"));
@@ -52,6 +77,51 @@ pub fn apply(
         say(out, "node config applied");
     }
     Ok(config)
+}
+
+/// This node's config; in rack mode, by its MACs or serial (waiting up to
+/// `opts.nic_wait` for a first NIC).
+fn select(opts: &Options, doc: &NodeDoc, out: &mut dyn Write) -> Result<Selected, Error> {
+    if !doc.is_rack() {
+        return Ok(config::select_node(doc, &Default::default())?);
+    }
+    let start = Instant::now();
+    let mut id = identity::gather(&opts.root);
+    while id.macs.is_empty() && start.elapsed() < opts.nic_wait {
+        std::thread::sleep(Duration::from_millis(500));
+        id = identity::gather(&opts.root);
+    }
+    let macs = if id.macs.is_empty() {
+        "no NIC".to_owned()
+    } else {
+        format!("MAC {}", id.macs.join(", "))
+    };
+    let serial = id
+        .serial
+        .as_deref()
+        .map_or("no serial".to_owned(), |s| format!("serial {s}"));
+    say(out, format!("rack mode: this node has {macs}; {serial}"));
+    let selected = config::select_node(doc, &id)?;
+    match &selected.matched {
+        Match::Entry { key, by } => {
+            say(out, format!("rack mode: using nodes entry `{key}` ({by})"))
+        }
+        Match::NoEntry => say(
+            out,
+            "rack mode: no entry for this node, using the common part",
+        ),
+        Match::Single => {}
+    }
+    Ok(selected)
+}
+
+fn saved_yaml(config: &NodeConfig, what: &str) -> Vec<u8> {
+    format!(
+        "# The node config kiln-firstboot applied on the first boot: {what},\n\
+         # merged. Later boots re-apply this file.\n{}",
+        config.to_yaml()
+    )
+    .into_bytes()
 }
 
 fn read_saved(opts: &Options) -> Result<Vec<u8>, Error> {
@@ -68,24 +138,30 @@ fn read_saved(opts: &Options) -> Result<Vec<u8>, Error> {
 fn role_line(c: &NodeConfig) -> String {
     match (c.role, &c.server) {
         (Role::Server, None) if c.cluster_init => "role server, new cluster (cluster-init)".into(),
-        (Role::Server, None) => "role server".into(),
+        (Role::Server, None) => match &c.datastore_endpoint {
+            Some(ep) => format!("role server, datastore {}", redact_url(ep.expose())),
+            None => "role server".into(),
+        },
         (role, Some(url)) => format!("role {role}, joining {url}"),
         (Role::Agent, None) => "role agent".into(),
     }
 }
 
-fn write(
-    opts: &Options,
-    path: &str,
-    contents: &[u8],
-    mode: u32,
-    out: &mut dyn Write,
-) -> Result<(), Error> {
-    let done = write_atomic(&opts.path(path), contents, mode)
-        .map_err(io_context(format!("writing {path}")))?;
-    match done {
-        Written::Changed => say(out, format!("wrote {path}")),
-        Written::Unchanged => say(out, format!("{path} unchanged")),
+fn write(opts: &Options, f: &FileWrite, out: &mut dyn Write) -> Result<(), Error> {
+    let path = opts.path(&f.path);
+    if let (Some(mode), Some(dir)) = (f.private_dir, path.parent()) {
+        ensure_dir(dir, mode)
+            .map_err(io_context(format!("creating the directory of {}", f.path)))?;
+    }
+    let done = write_atomic(&path, &f.contents, f.mode)
+        .map_err(io_context(format!("writing {}", f.path)))?;
+    let what = match done {
+        Written::Changed => format!("wrote {}", f.path),
+        Written::Unchanged => format!("{} unchanged", f.path),
+    };
+    match &f.label {
+        Some(label) => say(out, format!("{label}: {what}")),
+        None => say(out, what),
     }
     Ok(())
 }
@@ -117,9 +193,9 @@ fn hostname(opts: &Options, c: &NodeConfig, out: &mut dyn Write) -> Result<(), E
     Ok(())
 }
 
-/// k3s reads the token from `token-file` itself; check it is there, not
-/// empty, and readable by root only.
-fn token_file(opts: &Options, c: &NodeConfig, out: &mut dyn Write) -> Result<(), Error> {
+/// k3s reads the token from `token-file` itself: it must be there and not
+/// empty before anything is written.
+fn token_file_check(opts: &Options, c: &NodeConfig) -> Result<(), Error> {
     let Some(file) = &c.token_file else {
         return Ok(());
     };
@@ -137,22 +213,60 @@ fn token_file(opts: &Options, c: &NodeConfig, out: &mut dyn Write) -> Result<(),
     if token.trim().is_empty() {
         return Err(Error::Other(format!("token-file {file} is empty; {fix}")));
     }
-    let mode = meta.permissions().mode() & 0o7777;
+    Ok(())
+}
+
+/// The token file readable by root only.
+fn token_file_mode(opts: &Options, c: &NodeConfig, out: &mut dyn Write) {
+    let Some(file) = &c.token_file else {
+        return;
+    };
+    let path = opts.path(file);
+    let mode = fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
     if mode & 0o077 == 0 {
         say(out, format!("token-file {file}"));
-    } else {
-        match fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7700)) {
-            Ok(()) => say(
-                out,
-                format!("token-file {file}: mode set to {:04o}", mode & 0o7700),
-            ),
-            Err(e) => say(
-                out,
-                format!(
-                    "warning: token-file {file} has mode {mode:04o} and cannot be changed: {e}"
-                ),
-            ),
-        }
+        return;
     }
+    match fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7700)) {
+        Ok(()) => say(
+            out,
+            format!("token-file {file}: mode set to {:04o}", mode & 0o7700),
+        ),
+        Err(e) => say(
+            out,
+            format!("warning: token-file {file} has mode {mode:04o} and cannot be changed: {e}"),
+        ),
+    }
+}
+
+/// `/etc/localtime` and `/etc/timezone`, when the image has the zone.
+fn timezone(opts: &Options, c: &NodeConfig, out: &mut dyn Write) -> Result<(), Error> {
+    let (Some(name), Some(tz)) = (&c.timezone, config::render_timezone(c)) else {
+        return Ok(());
+    };
+    if !opts.path(&tz.localtime_target).is_file() {
+        say(
+            out,
+            format!(
+                "warning: timezone {name}: {} is not in the image (tzdata?), left as it is",
+                tz.localtime_target
+            ),
+        );
+        return Ok(());
+    }
+    let link = replace_symlink(&opts.path(LOCALTIME), &tz.localtime_target)
+        .map_err(io_context(format!("linking {LOCALTIME}")))?;
+    let file = write_atomic(
+        &opts.path(TIMEZONE_FILE),
+        tz.timezone_file.as_bytes(),
+        0o644,
+    )
+    .map_err(io_context(format!("writing {TIMEZONE_FILE}")))?;
+    let what = if link == Written::Unchanged && file == Written::Unchanged {
+        format!("{LOCALTIME}, {TIMEZONE_FILE} unchanged")
+    } else {
+        format!("wrote {LOCALTIME}, {TIMEZONE_FILE}")
+    };
+    say(out, format!("timezone {name}: {what}"));
     Ok(())
 }

@@ -74,7 +74,7 @@ pub fn parse(cmdline: &str) -> Result<Options, String> {
 
 /// Splits like the kernel: on whitespace, except inside double quotes, which
 /// are dropped (`a="b c"` is `a=b c`).
-fn split(cmdline: &str) -> Vec<String> {
+pub(crate) fn split(cmdline: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let (mut quoted, mut started) = (false, false);

@@ -30,7 +30,7 @@ mod repair;
 pub mod sys;
 pub mod sysfs;
 #[cfg(test)]
-mod testdir;
+pub(crate) mod testdir;
 
 use std::convert::Infallible;
 use std::fs;

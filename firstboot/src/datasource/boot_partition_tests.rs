@@ -1,0 +1,211 @@
+//! The boot partition datasource on a fake sysfs and `/dev`, with a fake
+//! mounter that "mounts" a directory by copying it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::*;
+use crate::init::testdir::TestDir;
+
+/// Copies `content` into the mount point; logs every call.
+struct FakeMounter {
+    content: PathBuf,
+    log: Rc<RefCell<Vec<String>>>,
+    fail: bool,
+}
+
+impl Mounter for FakeMounter {
+    fn mount_ro(&self, dev: &Path, target: &Path) -> io::Result<()> {
+        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+        self.log.borrow_mut().push(format!("mount {name}"));
+        if self.fail {
+            return Err(io::Error::from_raw_os_error(19)); // ENODEV
+        }
+        assert!(dev.exists(), "{}", dev.display());
+        for e in fs::read_dir(&self.content)? {
+            let e = e?;
+            fs::copy(e.path(), target.join(e.file_name()))?;
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<()> {
+        self.log.borrow_mut().push("unmount".into());
+        for e in fs::read_dir(target)? {
+            fs::remove_file(e?.path())?;
+        }
+        Ok(())
+    }
+}
+
+/// A fake root with partitions; `content` is what the boot partition holds.
+struct Fake {
+    dir: TestDir,
+    log: Rc<RefCell<Vec<String>>>,
+}
+
+impl Fake {
+    fn new(tag: &str) -> Fake {
+        let f = Fake {
+            dir: TestDir::new(tag),
+            log: Rc::default(),
+        };
+        fs::create_dir_all(f.path("/content")).unwrap();
+        f
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        under(self.dir.path(), p)
+    }
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    /// A partition in sysfs, its node in /dev holding `sector`.
+    fn partition(&self, name: &str, partname: Option<&str>, sector: &[u8], number: &str) {
+        let sys = self.path(&format!("/sys/class/block/{name}"));
+        fs::create_dir_all(&sys).unwrap();
+        let pn = partname.map_or(String::new(), |p| format!("PARTNAME={p}\n"));
+        fs::write(
+            sys.join("uevent"),
+            format!("MAJOR=254\nDEVNAME={name}\nDEVTYPE=partition\n{pn}"),
+        )
+        .unwrap();
+        fs::write(sys.join("dev"), format!("{number}\n")).unwrap();
+        fs::create_dir_all(self.path("/dev")).unwrap();
+        fs::write(self.path(&format!("/dev/{name}")), sector).unwrap();
+    }
+    fn source(&self, fail: bool) -> BootPartition {
+        BootPartition {
+            mounter: Box::new(FakeMounter {
+                content: self.path("/content"),
+                log: self.log.clone(),
+                fail,
+            }),
+        }
+    }
+    fn log(&self) -> Vec<String> {
+        self.log.borrow().clone()
+    }
+}
+
+/// A FAT boot sector with `label` (FAT16, or FAT32 when `fat32`).
+fn fat_sector(label: &str, fat32: bool) -> Vec<u8> {
+    let mut s = vec![0u8; 512];
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    let (sig, lab, kind, ty): (usize, usize, usize, &[u8]) = if fat32 {
+        (66, 71, 82, b"FAT32   ")
+    } else {
+        s[22] = 32; // sectors per FAT: not FAT32
+        (38, 43, 54, b"FAT16   ")
+    };
+    s[sig] = 0x29;
+    let mut padded = format!("{label:<11}").into_bytes();
+    padded.truncate(11);
+    s[lab..lab + 11].copy_from_slice(&padded);
+    s[kind..kind + 8].copy_from_slice(ty);
+    s
+}
+
+#[test]
+fn reads_labels() {
+    let t = TestDir::new("fatlabel");
+    let p = t.path().join("dev");
+    for (label, fat32) in [("KILN-BOOT", true), ("KILN-ESP", false), ("NO NAME", false)] {
+        fs::write(&p, fat_sector(label, fat32)).unwrap();
+        assert_eq!(fat_label(&p).as_deref(), Some(label));
+    }
+    fs::write(&p, vec![0u8; 512]).unwrap();
+    assert_eq!(fat_label(&p), None);
+    fs::write(&p, b"short").unwrap();
+    assert_eq!(fat_label(&p), None);
+}
+
+#[test]
+fn gpt_esp_is_mounted_read_and_unmounted() {
+    let f = Fake::new("bp-gpt");
+    assert_eq!(
+        f.source(false).fetch(f.root()).unwrap(),
+        None,
+        "no sysfs at all"
+    );
+    f.partition("vda1", Some("kiln-esp"), &[0; 512], "254:1");
+    f.partition("vda2", Some("kiln-root-a"), &[0; 512], "254:2");
+    assert_eq!(
+        f.source(false).fetch(f.root()).unwrap(),
+        None,
+        "no node.yaml on it"
+    );
+    assert_eq!(f.log(), ["mount vda1", "unmount"]);
+    fs::write(f.path("/content/NODE.YAML"), "role: server\n").unwrap();
+    let got = f.source(false).fetch(f.root()).unwrap();
+    assert_eq!(got.as_deref(), Some(&b"role: server\n"[..]));
+    assert_eq!(f.log(), ["mount vda1", "unmount", "mount vda1", "unmount"]);
+    // The private mount point is gone again.
+    assert_eq!(fs::read_dir(f.path("/run/kiln")).unwrap().count(), 0);
+}
+
+#[test]
+fn mbr_boot_partition_by_label() {
+    let f = Fake::new("bp-mbr");
+    f.partition("mmcblk0p1", None, &fat_sector("KILN-BOOT", true), "179:1");
+    f.partition("mmcblk0p2", None, &[0; 512], "179:2");
+    fs::write(f.path("/content/node.yaml"), "role: agent\n").unwrap();
+    let part = locate(f.root()).unwrap().unwrap();
+    assert_eq!(
+        part,
+        Partition {
+            dev: "/dev/mmcblk0p1".into(),
+            dev_number: Some("179:1".into())
+        }
+    );
+    assert!(f.source(false).fetch(f.root()).unwrap().is_some());
+}
+
+#[test]
+fn already_mounted_is_read_in_place() {
+    let f = Fake::new("bp-mounted");
+    f.partition("vda1", Some("kiln-esp"), &[0; 512], "254:1");
+    fs::create_dir_all(f.path("/boot/efi dir")).unwrap();
+    fs::write(f.path("/boot/efi dir/node.yaml"), "role: server\n").unwrap();
+    fs::create_dir_all(f.path("/proc/self")).unwrap();
+    fs::write(
+        f.path("/proc/self/mountinfo"),
+        "22 1 0:21 / /proc rw - proc proc rw\n\
+         40 1 254:1 / /boot/efi\\040dir ro,relatime - vfat /dev/vda1 ro\n",
+    )
+    .unwrap();
+    assert!(f.source(false).fetch(f.root()).unwrap().is_some());
+    assert!(f.log().is_empty(), "no mount: {:?}", f.log());
+}
+
+#[test]
+fn broken_and_ambiguous() {
+    let f = Fake::new("bp-broken");
+    f.partition("vda1", Some("kiln-esp"), &[0; 512], "254:1");
+    let err = f.source(true).fetch(f.root()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "reading /dev/vda1 (the boot partition, mounted read-only as vfat): \
+         No such device (os error 19)"
+    );
+    assert_eq!(fs::read_dir(f.path("/run/kiln")).unwrap().count(), 0);
+    f.partition("sda1", Some("kiln-esp"), &[0; 512], "8:1");
+    let err = locate(f.root()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "reading the boot partition: 2 partitions look like it (/dev/sda1, /dev/vda1); \
+         remove the other kiln disk"
+    );
+}
+
+#[test]
+fn oversized_file_is_refused() {
+    let t = TestDir::new("bp-big");
+    fs::write(
+        t.path().join("node.yaml"),
+        vec![b'#'; (MAX_SIZE + 1) as usize],
+    )
+    .unwrap();
+    let err = read_config(t.path(), "/dev/vda1").unwrap_err();
+    assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+}
