@@ -1,25 +1,30 @@
-//! `k3s agent`: asks the server to join with its token; on `OK` writes the
-//! kubelet's kubeconfig (the file real k3s writes once it has joined) and
-//! keeps running, as k3s does.
+//! `k3s agent`, and the join a joining server does first: fetch the
+//! server's CA, check it against the hash in a full token (a short token
+//! skips the check, as in k3s), present the token. On `OK` an agent writes
+//! the kubelet's kubeconfig (the file real k3s writes once it has joined)
+//! and keeps running, as k3s does. A wrong CA or a wrong token is an error:
+//! the double prints `k3s-double: ERROR: ...` and exits 1.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::settings::Settings;
-use crate::{kubeconfig, say, write_file};
+use crate::{ca, kubeconfig, say, token, write_file};
 
-/// How long an agent keeps trying to reach its server.
+/// How long a node keeps trying to reach its server.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// A CA larger than this is not one.
+const MAX_CA: u64 = 64 * 1024;
 
 pub fn run(s: &Settings) -> Result<(), String> {
     let url = s
         .server
         .as_deref()
         .ok_or("an agent needs `server` (https://HOST:PORT) in its config or --server")?;
-    join(s, url)?;
+    join(s, url, "agent")?;
     let path = s.data_dir.join("agent").join("kubelet.kubeconfig");
-    write_file(&path, &kubeconfig(url, "system:node"), 0o600)
+    write_file(&path, kubeconfig(url, "system:node").as_bytes(), 0o600)
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     say(format!("agent joined {url} (TEST DOUBLE)"));
     loop {
@@ -27,33 +32,61 @@ pub fn run(s: &Settings) -> Result<(), String> {
     }
 }
 
-/// Sends `JOIN <token>` to the server at `url`; Ok on `OK`. Exits the
-/// process with 1 on `DENIED`, as k3s gives up on a wrong token.
-pub fn join(s: &Settings, url: &str) -> Result<(), String> {
-    let token = s
+/// Joins the cluster at `url` as `role`; returns the cluster's CA.
+pub fn join(s: &Settings, url: &str, role: &str) -> Result<Vec<u8>, String> {
+    let presented = s
         .token
         .as_deref()
         .ok_or("joining needs `token` or `token-file` in the config, or --token")?;
     let addr = host_port(url)?;
+    let ca = fetch_ca(&addr, url)?;
+    match token::ca_hash(presented) {
+        Some(want) => {
+            let got = ca::hash(&ca);
+            if want != got {
+                return Err(format!(
+                    "the CA of {url} has hash {got}, the token expects {want}: \
+                     wrong server, or a token of another cluster"
+                ));
+            }
+            say(format!("CA of {url} matches the token"));
+        }
+        None => say(format!(
+            "short token: not checking the CA of {url} (use the full K10... token from the server's node-token)"
+        )),
+    }
     let mut stream = connect(&addr, url)?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("JOIN {token}\n").as_bytes())
+        .write_all(format!("JOIN {role} {} {presented}\n", s.node_name).as_bytes())
         .map_err(|e| format!("talking to {url}: {e}"))?;
     let mut reply = String::new();
     BufReader::new(&stream)
         .read_line(&mut reply)
         .map_err(|e| format!("reading the answer of {url}: {e}"))?;
     match reply.trim_end() {
-        "OK" => Ok(()),
-        "DENIED" => {
-            say("agent rejected by server: token mismatch");
-            std::process::exit(1);
-        }
+        "OK" => Ok(ca),
+        "DENIED" => Err(format!(
+            "{role} {} rejected by {url}: wrong token",
+            s.node_name
+        )),
         other => Err(format!("unexpected answer from {url}: `{other}`")),
     }
+}
+
+fn fetch_ca(addr: &str, url: &str) -> Result<Vec<u8>, String> {
+    let mut stream = connect(addr, url)?;
+    stream
+        .write_all(b"CA\n")
+        .map_err(|e| format!("asking {url} for its CA: {e}"))?;
+    let mut ca = Vec::new();
+    (&mut stream)
+        .take(MAX_CA)
+        .read_to_end(&mut ca)
+        .map_err(|e| format!("reading the CA of {url}: {e}"))?;
+    if ca.is_empty() {
+        return Err(format!("{url} sent no CA"));
+    }
+    Ok(ca)
 }
 
 fn connect(addr: &str, url: &str) -> Result<TcpStream, String> {
@@ -61,7 +94,10 @@ fn connect(addr: &str, url: &str) -> Result<TcpStream, String> {
     let mut attempts = 0u32;
     loop {
         match TcpStream::connect(addr) {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                return Ok(stream);
+            }
             Err(e) if start.elapsed() < JOIN_TIMEOUT => {
                 if attempts % 10 == 0 {
                     say(format!("waiting for server {url}: {e}"));

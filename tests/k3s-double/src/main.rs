@@ -1,14 +1,18 @@
 //! `k3s-double`: a TEST DOUBLE for k3s, installed as `/usr/bin/k3s` in test
 //! images because no real k3s binary is reachable here. It answers the same
 //! command line (`k3s server|agent --config FILE`), writes the files real
-//! k3s writes (server: `<data-dir>/server/{token,node-token}` and the admin
-//! kubeconfig; agent: `<data-dir>/agent/kubelet.kubeconfig`), and lets an
-//! agent join a server over a one-line TCP protocol that checks the token.
-//! It runs no Kubernetes at all. Every line it prints starts with
-//! `k3s-double:`, and the binary carries [`MARKER`] so the builder can label
-//! an image that contains it.
+//! k3s writes (server: `<data-dir>/server/{token,node-token}` in k3s's
+//! `K10<sha256 of the CA>::server:<password>` form, the CA and the admin
+//! kubeconfig; agent: `<data-dir>/agent/kubelet.kubeconfig`), and lets
+//! agents and joining servers join over a line protocol on the API port:
+//! they fetch the CA, check its hash against their token, and present the
+//! token (`server.rs`, `agent.rs`). It runs no Kubernetes at all. Every
+//! line it prints starts with `k3s-double:`; a failure is one
+//! `k3s-double: ERROR: ...` line and exit code 1. The binary carries
+//! [`MARKER`] so the builder can label an image that contains it.
 
 mod agent;
+mod ca;
 mod server;
 mod settings;
 mod token;
@@ -28,7 +32,7 @@ const USAGE: &str =
     "k3s-double: usage: k3s server|agent [--config FILE] [flags] (TEST DOUBLE, not k3s)
 k3s-double: flags: --config/-c, --data-dir/-d, --token/-t, --token-file, --server/-s,
 k3s-double:        --cluster-init, --write-kubeconfig/-o, --write-kubeconfig-mode,
-k3s-double:        --https-listen-port, --bind-address; other flags are ignored";
+k3s-double:        --https-listen-port, --bind-address, --node-name; other flags are ignored";
 
 /// Prints one line with the double's prefix.
 pub fn say(line: impl AsRef<str>) {
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
     let settings = match Settings::from_args(role, &args[1..]) {
         Ok(s) => s,
         Err(e) => {
-            say(format!("error: {e}"));
+            say(format!("ERROR: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            say(format!("error: {e}"));
+            say(format!("ERROR: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -81,7 +85,7 @@ fn main() -> ExitCode {
 
 /// Writes `contents` to `path` with `mode`, atomically (temp file, fsync,
 /// rename), creating the directory 0700 if it is missing.
-pub fn write_file(path: &std::path::Path, contents: &str, mode: u32) -> std::io::Result<()> {
+pub fn write_file(path: &std::path::Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
@@ -100,7 +104,7 @@ pub fn write_file(path: &std::path::Path, contents: &str, mode: u32) -> std::io:
         .mode(mode)
         .open(&tmp)?;
     f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(contents.as_bytes())?;
+    f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

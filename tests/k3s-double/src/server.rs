@@ -1,36 +1,49 @@
-//! `k3s server`: writes the token files and the admin kubeconfig, then
-//! answers agents' `JOIN <token>` lines with `OK` or `DENIED`.
+//! `k3s server`: keeps a cluster CA and the token files, writes the admin
+//! kubeconfig, then answers on the API port with a tiny line protocol:
+//!
+//! - `CA\n` → the CA bytes, then the connection closes;
+//! - `JOIN <role> <hostname> <token>\n` → `OK\n` or `DENIED\n`, and the
+//!   server logs `node <hostname> joined as <role>` (or the rejection).
+//!
+//! A joining server (`server:` set) first joins its cluster as an agent
+//! does, then adopts that cluster's CA, so its own node-token is valid for
+//! the same cluster.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use crate::settings::Settings;
-use crate::{agent, kubeconfig, say, token, write_file};
+use crate::{agent, ca, kubeconfig, say, token, write_file};
 
 pub fn run(s: &Settings) -> Result<(), String> {
     if let Some(url) = &s.server {
-        // A server joining an existing cluster asks the first one, as an
-        // agent does, and then uses the cluster's token.
-        agent::join(s, url)?;
+        let cluster_ca = agent::join(s, url, "server")?;
+        ca::store(&s.data_dir, &cluster_ca)?;
         say(format!("server joined {url} (TEST DOUBLE)"));
     } else if s.cluster_init {
         say("initializing a new cluster (cluster-init, TEST DOUBLE: no etcd)");
     }
-    let cluster_token = server_token(s)?;
+    let ca = ca::load_or_create(&s.data_dir)?;
+    let cluster_token = server_token(s, &ca::hash(&ca))?;
     let addr = format!("{}:{}", s.bind_address, s.https_listen_port);
     let listener = TcpListener::bind(&addr).map_err(|e| format!("listening on {addr}: {e}"))?;
     let url = format!("https://127.0.0.1:{}", s.https_listen_port);
-    write_file(&s.kubeconfig, &kubeconfig(&url, "admin"), s.kubeconfig_mode)
-        .map_err(|e| format!("writing {}: {e}", s.kubeconfig.display()))?;
+    write_file(
+        &s.kubeconfig,
+        kubeconfig(&url, "admin").as_bytes(),
+        s.kubeconfig_mode,
+    )
+    .map_err(|e| format!("writing {}: {e}", s.kubeconfig.display()))?;
     say(format!("wrote {}", s.kubeconfig.display()));
-    say(format!("listening on {addr} for agents"));
+    say(format!("listening on {addr} for nodes"));
     say("server ready (TEST DOUBLE)");
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
                 let expected = cluster_token.clone();
-                std::thread::spawn(move || answer(stream, &expected));
+                let ca = ca.clone();
+                std::thread::spawn(move || answer(stream, &expected, &ca));
             }
             Err(e) => say(format!("accept failed: {e}")),
         }
@@ -38,14 +51,18 @@ pub fn run(s: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// `<data-dir>/server/token` and `node-token`: kept if already there (k3s
-/// keeps its token across restarts), else made from the configured one.
-fn server_token(s: &Settings) -> Result<String, String> {
+/// `<data-dir>/server/token` and `node-token`: kept if already there and
+/// made for this CA (k3s keeps its token across restarts), else made from
+/// the configured password (or a random one) and the CA's hash.
+fn server_token(s: &Settings, hash: &str) -> Result<String, String> {
     let dir = s.data_dir.join("server");
     let token_path = dir.join("token");
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(existing) => {
-            let existing = existing.trim().to_owned();
+    let existing = std::fs::read_to_string(&token_path)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| token::ca_hash(t) == Some(hash));
+    let token = match existing {
+        Some(existing) => {
             if let Some(configured) = &s.token {
                 if !token::matches(&existing, configured) {
                     return Err(format!(
@@ -56,19 +73,26 @@ fn server_token(s: &Settings) -> Result<String, String> {
             }
             existing
         }
-        Err(_) => token::full_token(s.token.as_deref())
-            .map_err(|e| format!("reading /dev/urandom: {e}"))?,
+        None => token::server_token(s.token.as_deref(), hash)?,
     };
     for name in ["token", "node-token"] {
         let path = dir.join(name);
-        write_file(&path, &format!("{token}\n"), 0o600)
+        write_file(&path, format!("{token}\n").as_bytes(), 0o600)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         say(format!("wrote {}", path.display()));
     }
     Ok(token)
 }
 
-fn answer(mut stream: TcpStream, expected: &str) {
+/// Printable, so a hostile line cannot forge console output.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .take(64)
+        .collect()
+}
+
+fn answer(mut stream: TcpStream, expected: &str, ca: &[u8]) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -84,16 +108,24 @@ fn answer(mut stream: TcpStream, expected: &str) {
     {
         return;
     }
-    let reply = match line.trim_end().strip_prefix("JOIN ") {
-        Some(presented) if token::matches(expected, presented) => {
-            say(format!("agent {peer} joined"));
-            "OK\n"
+    let line = line.trim_end();
+    if line == "CA" {
+        let _ = stream.write_all(ca);
+        return;
+    }
+    let mut words = line.splitn(4, ' ');
+    let reply = match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("JOIN"), Some(role @ ("agent" | "server")), Some(host), Some(presented)) => {
+            let host = printable(host);
+            if token::matches(expected, presented) {
+                say(format!("node {host} joined as {role}"));
+                "OK\n"
+            } else {
+                say(format!("node {host} ({peer}) rejected: wrong token"));
+                "DENIED\n"
+            }
         }
-        Some(_) => {
-            say(format!("agent {peer} rejected: token mismatch"));
-            "DENIED\n"
-        }
-        None => "ERROR expected JOIN <token>\n",
+        _ => "ERROR expected `CA` or `JOIN <agent|server> <hostname> <token>`\n",
     };
     let _ = stream.write_all(reply.as_bytes());
 }

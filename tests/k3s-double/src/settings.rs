@@ -28,6 +28,8 @@ pub struct Settings {
     pub kubeconfig_mode: u32,
     pub https_listen_port: u16,
     pub bind_address: String,
+    /// The name the node joins with: `node-name`, else the hostname.
+    pub node_name: String,
 }
 
 /// Flags that take a value, with their short names.
@@ -41,6 +43,7 @@ const VALUE_FLAGS: &[(&str, Option<&str>)] = &[
     ("write-kubeconfig-mode", None),
     ("https-listen-port", None),
     ("bind-address", None),
+    ("node-name", None),
 ];
 
 impl Settings {
@@ -121,8 +124,20 @@ impl Settings {
             kubeconfig_mode,
             https_listen_port,
             bind_address: get("bind-address").unwrap_or_else(|| "0.0.0.0".into()),
+            node_name: get("node-name")
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(hostname),
         })
     }
+}
+
+/// The running system's hostname, as k3s names a node by default.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The config file's scalar keys as strings (lists are ignored: the double
@@ -190,6 +205,9 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/data"));
         assert_eq!(s.https_listen_port, 6443);
         assert_eq!(s.kubeconfig, PathBuf::from(DEFAULT_KUBECONFIG));
+        assert!(!s.node_name.is_empty(), "the hostname by default");
+        let named = settings(&["--node-name", "n-1"], "").unwrap();
+        assert_eq!(named.node_name, "n-1");
     }
 
     #[test]
