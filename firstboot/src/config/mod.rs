@@ -46,6 +46,8 @@ mod validate_host;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_rack;
 
 use std::collections::BTreeMap;
