@@ -381,3 +381,26 @@ fn agent_render_has_no_server_keys() {
         "{out}"
     );
 }
+
+/// Every YAML example in docs/node-config.md validates (a fragment
+/// without `role:` as part of a server's config).
+#[test]
+fn documented_examples_validate() {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node-config.md");
+    let text = fs::read_to_string(&doc).unwrap();
+    let mut blocks = 0;
+    for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+        let body = block.split("```").next().unwrap();
+        let has_role = body.lines().any(|l| l.starts_with("role:"));
+        let config = if has_role {
+            body.to_owned()
+        } else {
+            format!("role: server\n{body}")
+        };
+        if let Err(e) = parse(&config, &format!("docs example {}", i + 1)) {
+            panic!("{e}\n{config}");
+        }
+        blocks += 1;
+    }
+    assert!(blocks >= 10, "only {blocks} examples found");
+}
