@@ -31,6 +31,7 @@
 //! in `tests/fixtures/node-config/`, the golden files
 //! (`KILN_BLESS=1 cargo test -p kiln-node`) and `docs/node-config.md`.
 
+mod checker;
 mod error;
 mod host;
 mod locate;
@@ -42,6 +43,7 @@ mod render;
 mod secret;
 mod validate;
 mod validate_host;
+mod validate_k3s;
 
 #[cfg(test)]
 mod tests;

@@ -11,11 +11,12 @@ use std::fmt;
 
 use serde_yaml::Value;
 
+use super::checker::{Checker, Entry};
 use super::error::Location;
 use super::locate;
 use super::net::normalize_mac;
 use super::raw::{RawConfig, RawNetwork, UniqueMap};
-use super::validate::{resolve, Checker, Entry};
+use super::validate::resolve;
 use super::{ConfigError, ErrorKind, NodeConfig, NodeDoc};
 
 /// What identifies this node: its NICs' MACs and its board serial.

@@ -4,9 +4,9 @@
 
 use base64::Engine;
 
+use super::checker::Checker;
 use super::net::{check_host, check_ifname, normalize_mac, parse_host_address, parse_ip};
 use super::raw::RawConfig;
-use super::validate::Checker;
 use super::{registries, ConfigError, ErrorKind, Network, NodeConfig};
 
 /// Key types OpenSSH 9 accepts in `authorized_keys`.
