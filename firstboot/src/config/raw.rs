@@ -219,11 +219,17 @@ impl<V: Clone> UniqueMap<V> {
     }
 }
 
+/// Values under secret-looking keys (`agent-token`, ...) print as `***`.
 impl<V: fmt::Debug> fmt::Debug for UniqueMap<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| (k, v)))
-            .finish()
+        let shown = self.0.iter().map(|(k, v)| {
+            if super::secret::is_secret_key(k) {
+                (k, super::REDACTED.to_owned())
+            } else {
+                (k, format!("{v:?}"))
+            }
+        });
+        f.debug_map().entries(shown).finish()
     }
 }
 
@@ -356,6 +362,17 @@ mod tests {
     fn duplicate_map_entries_are_errors() {
         let e = serde_yaml::from_str::<RawConfig>("k3s-args:\n  a: 1\n  a: 2\n").unwrap_err();
         assert!(e.to_string().contains("duplicate entry `a`"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_secret_looking_flags() {
+        let r = raw("token: tok-1234\nk3s-args: {agent-token: agent-1234, node-name: n}\n");
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("1234"), "{shown}");
+        assert!(
+            shown.contains("\"node-name\": \"String(\\\"n\\\")\""),
+            "{shown}"
+        );
     }
 
     #[test]

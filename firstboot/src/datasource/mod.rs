@@ -55,12 +55,22 @@ impl fmt::Display for FetchError {
     }
 }
 
-/// A config found by [`find`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A config found by [`find`]. `{:?}` shows its size, not its bytes: they
+/// hold the join token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Found {
     /// The [`Datasource::name`] it came from.
     pub source: String,
     pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Found")
+            .field("source", &self.source)
+            .field("bytes", &format_args!("{} bytes", self.bytes.len()))
+            .finish()
+    }
 }
 
 /// Every datasource, in the order they are tried.

@@ -16,8 +16,8 @@ pub enum Role {
     Agent,
 }
 
-/// What a run of the double is told to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a run of the double is told to do. `{:?}` hides the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     pub data_dir: PathBuf,
     /// The token, from `token` or read from `token-file`.
@@ -30,6 +30,22 @@ pub struct Settings {
     pub bind_address: String,
     /// The name the node joins with: `node-name`, else the hostname.
     pub node_name: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("server", &self.server)
+            .field("cluster_init", &self.cluster_init)
+            .field("kubeconfig", &self.kubeconfig)
+            .field("kubeconfig_mode", &self.kubeconfig_mode)
+            .field("https_listen_port", &self.https_listen_port)
+            .field("bind_address", &self.bind_address)
+            .field("node_name", &self.node_name)
+            .finish()
+    }
 }
 
 /// Flags that take a value, with their short names.
@@ -201,6 +217,7 @@ mod tests {
         let s = settings(&[], cfg).unwrap();
         assert!(s.cluster_init);
         assert_eq!(s.token.as_deref(), Some("s3cret"));
+        assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
         assert_eq!(s.kubeconfig_mode, 0o644);
         assert_eq!(s.data_dir, PathBuf::from("/data"));
         assert_eq!(s.https_listen_port, 6443);
