@@ -25,6 +25,7 @@ pub mod fs;
 pub mod initramfs;
 pub mod logger;
 pub mod nodebin;
+pub mod output;
 pub mod packages;
 pub mod plan;
 pub mod progress;
