@@ -680,10 +680,9 @@ mod tests {
     fn wait_exit_waits_for_power_off() {
         let script = r"printf 'kiln-init: root mounted\nkiln: ready\n'; sleep 1; echo reboot: Power down; exit 0";
         let (o, log) = run(script, |r| r.wait_exit = true);
-        let BootOutcome::Ready { seconds, .. } = o else {
-            panic!("{o:?}")
-        };
-        assert!(seconds >= 1.0, "{seconds}");
+        assert!(matches!(o, BootOutcome::Ready { .. }), "{o:?}");
+        // Printed after the expects and a pause: only a runner that waited
+        // for the exit has it (no wall-clock assertion: CI machines are noisy).
         assert!(log.contains("reboot: Power down"), "{log}");
         let (o, _) = run(
             r"echo kiln-init: root mounted; echo kiln: ready; exec sleep 30",
