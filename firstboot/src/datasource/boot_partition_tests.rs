@@ -2,6 +2,7 @@
 //! mounter that "mounts" a directory by copying it.
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use super::*;
@@ -15,9 +16,9 @@ struct FakeMounter {
 }
 
 impl Mounter for FakeMounter {
-    fn mount_ro(&self, dev: &Path, target: &Path) -> io::Result<()> {
+    fn mount_ro(&self, dev: &Path, target: &Path, fstype: &str) -> io::Result<()> {
         let name = dev.file_name().unwrap().to_string_lossy().into_owned();
-        self.log.borrow_mut().push(format!("mount {name}"));
+        self.log.borrow_mut().push(format!("mount {name} {fstype}"));
         if self.fail {
             return Err(io::Error::from_raw_os_error(19)); // ENODEV
         }
@@ -135,11 +136,14 @@ fn gpt_esp_is_mounted_read_and_unmounted() {
         None,
         "no node.yaml on it"
     );
-    assert_eq!(f.log(), ["mount vda1", "unmount"]);
+    assert_eq!(f.log(), ["mount vda1 vfat", "unmount"]);
     fs::write(f.path("/content/NODE.YAML"), "role: server\n").unwrap();
     let got = f.source(false).fetch(f.root()).unwrap();
     assert_eq!(got.as_deref(), Some(&b"role: server\n"[..]));
-    assert_eq!(f.log(), ["mount vda1", "unmount", "mount vda1", "unmount"]);
+    assert_eq!(
+        f.log(),
+        ["mount vda1 vfat", "unmount", "mount vda1 vfat", "unmount"]
+    );
     // The private mount point is gone again.
     assert_eq!(fs::read_dir(f.path("/run/kiln")).unwrap().count(), 0);
 }
@@ -203,7 +207,7 @@ fn oversized_file_is_refused() {
     let t = TestDir::new("bp-big");
     fs::write(
         t.path().join("node.yaml"),
-        vec![b'#'; (MAX_SIZE + 1) as usize],
+        vec![b'#'; (mount::MAX_FILE_SIZE + 1) as usize],
     )
     .unwrap();
     let err = read_config(t.path(), "/dev/vda1").unwrap_err();

@@ -21,6 +21,7 @@ mod baked;
 pub mod boot_partition;
 mod cmdline;
 mod fw_cfg;
+pub mod mount;
 
 use std::fmt;
 use std::io;
@@ -52,6 +53,13 @@ pub struct FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "reading {}: {}", self.what, self.source)
+    }
+}
+
+pub(crate) fn fetch_err(what: impl Into<String>, source: io::Error) -> FetchError {
+    FetchError {
+        what: what.into(),
+        source,
     }
 }
 
