@@ -24,7 +24,7 @@ mod fw_cfg;
 pub mod mount;
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub use baked::Baked;
@@ -39,6 +39,19 @@ pub trait Datasource {
     /// The config's bytes; `Ok(None)` when this source has none. `root` is
     /// `/` on a node, a temp dir in tests.
     fn fetch(&self, root: &Path) -> Result<Option<Vec<u8>>, FetchError>;
+
+    /// What [`find`] calls: the config with the name of where it was found.
+    /// By default [`Datasource::fetch`], named by [`Datasource::name`]. A
+    /// source with several places to look overrides it to say which one
+    /// held the config, and may print a `kiln: ` line to `out` about one it
+    /// passed over (a VMware OVF environment with nothing filled in).
+    fn find(&self, root: &Path, out: &mut dyn Write) -> Result<Option<Found>, FetchError> {
+        let _ = out;
+        Ok(self.fetch(root)?.map(|bytes| Found {
+            source: self.name().to_owned(),
+            bytes,
+        }))
+    }
 }
 
 /// A datasource that has a config but cannot read it.
@@ -91,12 +104,16 @@ pub fn all() -> Vec<Box<dyn Datasource>> {
     ]
 }
 
-/// Tries `sources` in order; the first that has a config wins.
-pub fn find(sources: &[Box<dyn Datasource>], root: &Path) -> Result<Option<Found>, FetchError> {
+/// Tries `sources` in order; the first that has a config wins. `out` is
+/// the console, for the lines a source prints about what it passed over.
+pub fn find(
+    sources: &[Box<dyn Datasource>],
+    root: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<Found>, FetchError> {
     for source in sources {
-        if let Some(bytes) = source.fetch(root)? {
-            let source = source.name().to_owned();
-            return Ok(Some(Found { source, bytes }));
+        if let Some(found) = source.find(root, out)? {
+            return Ok(Some(found));
         }
     }
     Ok(None)
@@ -156,20 +173,20 @@ mod tests {
     #[test]
     fn first_source_with_a_config_wins() {
         let root = tree("order");
-        assert_eq!(find(&all(), &root).unwrap(), None);
+        assert_eq!(find(&all(), &root, &mut io::sink()).unwrap(), None);
         put(&root, crate::layout::BAKED_NODE_CONFIG, "role: agent\n");
-        let found = find(&all(), &root).unwrap().unwrap();
+        let found = find(&all(), &root, &mut io::sink()).unwrap().unwrap();
         assert_eq!(found.source, "/usr/lib/kiln/node.yaml");
         put(&root, FW_CFG_RAW, "role: server\n");
-        let found = find(&all(), &root).unwrap().unwrap();
+        let found = find(&all(), &root, &mut io::sink()).unwrap().unwrap();
         assert_eq!(found.source, "fw_cfg opt/io.kiln/node.yaml");
         assert_eq!(found.bytes, b"role: server\n");
         // A command line without kiln.* keys has nothing; with them, it wins.
         put(&root, "/proc/cmdline", "console=ttyS0 quiet\n");
-        let found = find(&all(), &root).unwrap().unwrap();
+        let found = find(&all(), &root, &mut io::sink()).unwrap().unwrap();
         assert_eq!(found.source, "fw_cfg opt/io.kiln/node.yaml");
         put(&root, "/proc/cmdline", "console=ttyS0 kiln.role=server\n");
-        let found = find(&all(), &root).unwrap().unwrap();
+        let found = find(&all(), &root, &mut io::sink()).unwrap().unwrap();
         assert_eq!(found.source, "kernel command line");
         fs::remove_dir_all(root).unwrap();
     }
@@ -180,7 +197,7 @@ mod tests {
         put(&root, crate::layout::BAKED_NODE_CONFIG, "role: agent\n");
         // A directory where the blob should be: present, but not readable.
         fs::create_dir_all(under(&root, FW_CFG_RAW)).unwrap();
-        let err = find(&all(), &root).unwrap_err();
+        let err = find(&all(), &root, &mut io::sink()).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(&format!("reading {FW_CFG_RAW}: ")),

@@ -24,7 +24,7 @@ pub fn apply(
 ) -> Result<NodeConfig, Error> {
     let first_boot = !opts.path(FIRSTBOOT_DONE).exists();
     let (source, bytes) = if first_boot {
-        let found = datasource::find(sources, &opts.root)?.ok_or_else(|| {
+        let found = datasource::find(sources, &opts.root, out)?.ok_or_else(|| {
             Error::NotFound(sources.iter().map(|s| s.name().to_owned()).collect())
         })?;
         say(out, format!("node config from {}", found.source));

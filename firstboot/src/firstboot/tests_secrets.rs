@@ -137,7 +137,9 @@ fn no_console_line_shows_a_secret() {
     for (i, base) in [server(), agent()].iter().enumerate() {
         let root = Root::new(&format!("secrets-{i}"));
         root.put(FW_CFG_RAW, base);
-        let found = crate::datasource::find(&crate::datasource::all(), &root.0).unwrap();
+        let found =
+            crate::datasource::find(&crate::datasource::all(), &root.0, &mut std::io::sink())
+                .unwrap();
         assert_clean("Found debug", &format!("{found:?}"));
         let mut out = Vec::new();
         let first = apply(&root.opts(), &crate::datasource::all(), &mut out);
