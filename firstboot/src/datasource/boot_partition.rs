@@ -132,7 +132,7 @@ pub fn fat_label(dev: &Path) -> Option<String> {
 
 /// `node.yaml` (any case) in `dir`; `Ok(None)` when there is none.
 pub fn read_config(dir: &Path, dev: &str) -> Result<Option<Vec<u8>>, FetchError> {
-    mount::read_named(dir, NODE_FILE, &format!("{NODE_FILE} on {dev}"))
+    mount::read_named(dir, &[NODE_FILE], &format!("{NODE_FILE} on {dev}"))
 }
 
 #[cfg(test)]

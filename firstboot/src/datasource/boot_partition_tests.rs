@@ -6,38 +6,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use super::*;
+use crate::datasource::mount::fake::FakeMounter;
 use crate::init::testdir::TestDir;
-
-/// Copies `content` into the mount point; logs every call.
-struct FakeMounter {
-    content: PathBuf,
-    log: Rc<RefCell<Vec<String>>>,
-    fail: bool,
-}
-
-impl Mounter for FakeMounter {
-    fn mount_ro(&self, dev: &Path, target: &Path, fstype: &str) -> io::Result<()> {
-        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
-        self.log.borrow_mut().push(format!("mount {name} {fstype}"));
-        if self.fail {
-            return Err(io::Error::from_raw_os_error(19)); // ENODEV
-        }
-        assert!(dev.exists(), "{}", dev.display());
-        for e in fs::read_dir(&self.content)? {
-            let e = e?;
-            fs::copy(e.path(), target.join(e.file_name()))?;
-        }
-        Ok(())
-    }
-
-    fn unmount(&self, target: &Path) -> io::Result<()> {
-        self.log.borrow_mut().push("unmount".into());
-        for e in fs::read_dir(target)? {
-            fs::remove_file(e?.path())?;
-        }
-        Ok(())
-    }
-}
 
 /// A fake root with partitions; `content` is what the boot partition holds.
 struct Fake {

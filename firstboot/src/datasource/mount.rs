@@ -71,19 +71,18 @@ pub fn read_from<T>(
     result
 }
 
-/// `name` (any case: FAT and plain ISO 9660 do not keep it) in `dir`;
-/// `Ok(None)` when there is none. `what` names it in errors.
-pub fn read_named(dir: &Path, name: &str, what: &str) -> Result<Option<Vec<u8>>, FetchError> {
+/// The first file in `dir` named one of `names` (any case: FAT and plain
+/// ISO 9660 do not keep it); `Ok(None)` when there is none. `what` names
+/// it in errors.
+pub fn read_named(dir: &Path, names: &[&str], what: &str) -> Result<Option<Vec<u8>>, FetchError> {
     let entries = fs::read_dir(dir).map_err(|e| fetch_err(what, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| fetch_err(what, e))?;
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .eq_ignore_ascii_case(name)
-        {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(name) = names.iter().find(|n| file_name.eq_ignore_ascii_case(n)) else {
             continue;
-        }
+        };
         let mut bytes = Vec::new();
         fs::File::open(entry.path())
             .and_then(|f| f.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes))
@@ -195,6 +194,10 @@ impl Drop for TempMount<'_> {
         let _ = fs::remove_dir(&self.dir);
     }
 }
+
+#[cfg(test)]
+#[path = "mount_fake.rs"]
+pub(crate) mod fake;
 
 #[cfg(test)]
 mod tests {
