@@ -7,8 +7,6 @@
 use std::io;
 use std::path::Path;
 
-use base64::Engine;
-
 use super::{read_file, under, Datasource, FetchError};
 use crate::config::quote;
 
@@ -82,23 +80,20 @@ pub(crate) fn from_cmdline(cmdline: &str) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
-/// Standard or URL-safe base64, padded or not.
 fn decode(b64: &str) -> Result<Vec<u8>, String> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     if b64.is_empty() {
         return Err(
             "kiln.node= is empty; give the node.yaml in base64 (base64 -w0 node.yaml)".into(),
         );
     }
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|e| e.decode(b64).ok())
+    super::decode_base64(b64)
         .ok_or_else(|| "kiln.node= is not base64; encode the file with base64 -w0 node.yaml".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     #[test]
     fn whole_file_in_base64() {

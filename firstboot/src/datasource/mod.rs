@@ -7,12 +7,14 @@
 //! another config.
 //!
 //! The order (DESIGN.md, "Node configuration"): kernel command line,
-//! QEMU fw_cfg, (VMware guestinfo / OVF environment, to come), `node.yaml`
+//! QEMU fw_cfg, VMware guestinfo / OVF environment ([`vmware`]), `node.yaml`
 //! on the boot partition, the config baked into the image.
 //!
-//! To add a datasource (VMware guestinfo, ...):
-//! 1. write `<name>.rs` with a unit struct implementing [`Datasource`]; read
-//!    every path through [`under`] so tests can point it at a fake tree;
+//! To add a datasource:
+//! 1. write `<name>.rs` (or `<name>/mod.rs` when it needs several files)
+//!    with a type implementing [`Datasource`]; read every path through
+//!    [`under`] so tests can point it at a fake tree; keep finding the bytes
+//!    apart from parsing them;
 //! 2. put it in [`all`] at its place in the order (DESIGN.md, "Node
 //!    configuration");
 //! 3. add tests with a fake tree: absent, present, unreadable.
@@ -22,6 +24,7 @@ pub mod boot_partition;
 mod cmdline;
 mod fw_cfg;
 pub mod mount;
+pub mod vmware;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -31,6 +34,7 @@ pub use baked::Baked;
 pub use boot_partition::BootPartition;
 pub use cmdline::Cmdline;
 pub use fw_cfg::FwCfg;
+pub use vmware::Vmware;
 
 /// One place a node config may come from.
 pub trait Datasource {
@@ -99,6 +103,7 @@ pub fn all() -> Vec<Box<dyn Datasource>> {
     vec![
         Box::new(Cmdline),
         Box::new(FwCfg),
+        Box::new(Vmware::system()),
         Box::new(BootPartition::system()),
         Box::new(Baked),
     ]
@@ -122,6 +127,17 @@ pub fn find(
 /// `path` (absolute, as on the node) inside `root`.
 pub fn under(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
+}
+
+/// Standard or URL-safe base64, padded or not, spaces and line breaks
+/// ignored (`base64` wraps at 76 columns); `None` when it is not base64.
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(&compact).ok())
 }
 
 /// Reads a whole file; `Ok(None)` when it does not exist.
@@ -164,6 +180,7 @@ mod tests {
             [
                 "kernel command line",
                 "fw_cfg opt/io.kiln/node.yaml",
+                "VMware guestinfo / OVF environment",
                 "boot partition node.yaml",
                 "/usr/lib/kiln/node.yaml"
             ]

@@ -105,7 +105,7 @@ pub enum Error {
     #[error("{0}")]
     Config(Box<ConfigError>),
     /// No datasource had a config; the names of those tried.
-    #[error("no node config found (looked in: {}); put a node.yaml on the boot partition, pass one with kiln boot --node, or bake one in the spec", .0.join(", "))]
+    #[error("no node config found (looked in: {}); put a node.yaml on the boot partition, pass one with kiln boot --node, fill in the vApp properties on vSphere, or bake one in the spec", .0.join(", "))]
     NotFound(Vec<String>),
     /// A datasource has a config it cannot read.
     #[error("{0}")]

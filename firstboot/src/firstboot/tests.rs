@@ -152,8 +152,9 @@ fn no_config_anywhere() {
     assert_eq!(
         r.unwrap_err().to_string(),
         "no node config found (looked in: kernel command line, fw_cfg opt/io.kiln/node.yaml, \
-         boot partition node.yaml, /usr/lib/kiln/node.yaml); put a node.yaml on the boot \
-         partition, pass one with kiln boot --node, or bake one in the spec"
+         VMware guestinfo / OVF environment, boot partition node.yaml, /usr/lib/kiln/node.yaml); \
+         put a node.yaml on the boot partition, pass one with kiln boot --node, fill in the vApp \
+         properties on vSphere, or bake one in the spec"
     );
     assert!(out.is_empty());
     assert!(!root.path(FIRSTBOOT_DONE).exists());
