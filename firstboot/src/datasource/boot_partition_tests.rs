@@ -1,36 +1,18 @@
 //! The boot partition datasource on a fake sysfs and `/dev`, with a fake
 //! mounter that "mounts" a directory by copying it.
 
-use std::cell::RefCell;
-use std::path::PathBuf;
-use std::rc::Rc;
-
 use super::*;
-use crate::datasource::mount::fake::FakeMounter;
+use crate::datasource::mount::fake::FakeRoot;
 use crate::init::testdir::TestDir;
 
-/// A fake root with partitions; `content` is what the boot partition holds.
-struct Fake {
-    dir: TestDir,
-    log: Rc<RefCell<Vec<String>>>,
+/// A fake root with partitions; `/content` is what the boot partition holds.
+trait Partitions {
+    /// A partition in sysfs, its node in /dev holding `sector`.
+    fn partition(&self, name: &str, partname: Option<&str>, sector: &[u8], number: &str);
+    fn source(&self, fail: bool) -> BootPartition;
 }
 
-impl Fake {
-    fn new(tag: &str) -> Fake {
-        let f = Fake {
-            dir: TestDir::new(tag),
-            log: Rc::default(),
-        };
-        fs::create_dir_all(f.path("/content")).unwrap();
-        f
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        under(self.dir.path(), p)
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    /// A partition in sysfs, its node in /dev holding `sector`.
+impl Partitions for FakeRoot {
     fn partition(&self, name: &str, partname: Option<&str>, sector: &[u8], number: &str) {
         let sys = self.path(&format!("/sys/class/block/{name}"));
         fs::create_dir_all(&sys).unwrap();
@@ -46,15 +28,8 @@ impl Fake {
     }
     fn source(&self, fail: bool) -> BootPartition {
         BootPartition {
-            mounter: Box::new(FakeMounter {
-                content: self.path("/content"),
-                log: self.log.clone(),
-                fail,
-            }),
+            mounter: self.mounter(fail),
         }
-    }
-    fn log(&self) -> Vec<String> {
-        self.log.borrow().clone()
     }
 }
 
@@ -93,7 +68,7 @@ fn reads_labels() {
 
 #[test]
 fn gpt_esp_is_mounted_read_and_unmounted() {
-    let f = Fake::new("bp-gpt");
+    let f = FakeRoot::new("bp-gpt");
     assert_eq!(
         f.source(false).fetch(f.root()).unwrap(),
         None,
@@ -120,7 +95,7 @@ fn gpt_esp_is_mounted_read_and_unmounted() {
 
 #[test]
 fn mbr_boot_partition_by_label() {
-    let f = Fake::new("bp-mbr");
+    let f = FakeRoot::new("bp-mbr");
     f.partition("mmcblk0p1", None, &fat_sector("KILN-BOOT", true), "179:1");
     f.partition("mmcblk0p2", None, &[0; 512], "179:2");
     fs::write(f.path("/content/node.yaml"), "role: agent\n").unwrap();
@@ -137,7 +112,7 @@ fn mbr_boot_partition_by_label() {
 
 #[test]
 fn already_mounted_is_read_in_place() {
-    let f = Fake::new("bp-mounted");
+    let f = FakeRoot::new("bp-mounted");
     f.partition("vda1", Some("kiln-esp"), &[0; 512], "254:1");
     fs::create_dir_all(f.path("/boot/efi dir")).unwrap();
     fs::write(f.path("/boot/efi dir/node.yaml"), "role: server\n").unwrap();
@@ -154,7 +129,7 @@ fn already_mounted_is_read_in_place() {
 
 #[test]
 fn broken_and_ambiguous() {
-    let f = Fake::new("bp-broken");
+    let f = FakeRoot::new("bp-broken");
     f.partition("vda1", Some("kiln-esp"), &[0; 512], "254:1");
     let err = f.source(true).fetch(f.root()).unwrap_err();
     assert_eq!(

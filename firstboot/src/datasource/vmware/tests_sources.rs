@@ -2,47 +2,28 @@
 //! the simulated backdoor host, the ISO transport CD with a fake mounter,
 //! and its place among the other datasources.
 
-use std::cell::RefCell;
 use std::fs;
-use std::path::PathBuf;
-use std::rc::Rc;
 
 use super::fake_host::FakeHost;
 use super::tests::fixture;
 use super::*;
-use crate::datasource::mount::fake::FakeMounter;
+use crate::datasource::mount::fake::FakeRoot;
 use crate::datasource::{self as ds, Baked, FwCfg};
 use crate::init::testdir::TestDir;
 
 const VMWARE: &str = "VMware, Inc.\n";
 
-/// A fake root; `/content` is what the CD holds once mounted.
-struct Fake {
-    dir: TestDir,
-    log: Rc<RefCell<Vec<String>>>,
+/// A fake root with CD-ROM drives; `/content` is what the CD holds.
+trait Cds {
+    /// A block device in sysfs (SCSI `scsi_type`) and its `/dev` node.
+    fn block(&self, name: &str, scsi_type: &str, sectors: u64, content: &[u8]);
+    /// The CD `sr0` with an ISO 9660 disc labelled `OVF ENV` holding
+    /// `ovf-env.xml` (when given).
+    fn cd(&self, ovf_env: Option<&[u8]>);
+    fn source(&self, guestinfo: Box<OpenGuestInfo>, fail_mount: bool) -> Vmware;
 }
 
-impl Fake {
-    fn new(tag: &str) -> Fake {
-        let f = Fake {
-            dir: TestDir::new(tag),
-            log: Rc::default(),
-        };
-        fs::create_dir_all(f.path("/content")).unwrap();
-        f
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        under(self.dir.path(), p)
-    }
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn put(&self, p: &str, bytes: &[u8]) {
-        let p = self.path(p);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, bytes).unwrap();
-    }
-    /// A block device in sysfs (SCSI `scsi_type`) and its `/dev` node.
+impl Cds for FakeRoot {
     fn block(&self, name: &str, scsi_type: &str, sectors: u64, content: &[u8]) {
         let sys = format!("/sys/class/block/{name}");
         let uevent = format!("MAJOR=11\nMINOR=0\nDEVNAME={name}\nDEVTYPE=disk\n");
@@ -52,8 +33,6 @@ impl Fake {
         self.put(&format!("{sys}/device/type"), scsi_type.as_bytes());
         self.put(&format!("/dev/{name}"), content);
     }
-    /// The CD `sr0` with an ISO 9660 disc labelled `OVF ENV` holding
-    /// `ovf-env.xml` (when given).
     fn cd(&self, ovf_env: Option<&[u8]>) {
         self.block("sr0", "5\n", 736, &iso_image("OVF ENV"));
         if let Some(xml) = ovf_env {
@@ -63,15 +42,8 @@ impl Fake {
     fn source(&self, guestinfo: Box<OpenGuestInfo>, fail_mount: bool) -> Vmware {
         Vmware {
             guestinfo,
-            mounter: Box::new(FakeMounter {
-                content: self.path("/content"),
-                log: self.log.clone(),
-                fail: fail_mount,
-            }),
+            mounter: self.mounter(fail_mount),
         }
-    }
-    fn log(&self) -> Vec<String> {
-        self.log.borrow().clone()
     }
 }
 
@@ -112,7 +84,7 @@ fn find(src: &Vmware, root: &Path) -> (Result<Option<Found>, FetchError>, String
 
 #[test]
 fn the_dmi_guards_the_backdoor() {
-    let f = Fake::new("vmw-dmi");
+    let f = FakeRoot::new("vmw-dmi");
     assert!(!is_vmware(f.root()), "no DMI at all");
     let src = f.source(must_not_open(), false);
     assert_eq!(src.fetch(f.root()).unwrap(), None);
@@ -125,7 +97,7 @@ fn the_dmi_guards_the_backdoor() {
 
 #[test]
 fn ovf_env_from_guestinfo() {
-    let f = Fake::new("vmw-ovfenv");
+    let f = FakeRoot::new("vmw-ovfenv");
     f.put(DMI_SYS_VENDOR, VMWARE.as_bytes());
     let xml = fixture("agent-dhcp");
     let src = f.source(host(&[(OVF_ENV_KEY, &xml)]), false);
@@ -142,7 +114,7 @@ fn ovf_env_from_guestinfo() {
 
 #[test]
 fn plain_guestinfo_keys() {
-    let f = Fake::new("vmw-plain");
+    let f = FakeRoot::new("vmw-plain");
     f.put(DMI_SYS_VENDOR, VMWARE.as_bytes());
     let src = f.source(
         host(&[
@@ -177,7 +149,7 @@ fn plain_guestinfo_keys() {
 
 #[test]
 fn unfilled_properties_fall_through_to_the_cd() {
-    let f = Fake::new("vmw-unfilled");
+    let f = FakeRoot::new("vmw-unfilled");
     f.put(DMI_SYS_VENDOR, VMWARE.as_bytes());
     f.cd(Some(&fixture("iso-minimal")));
     let src = f.source(host(&[(OVF_ENV_KEY, &fixture("not-filled"))]), false);
@@ -195,7 +167,7 @@ fn unfilled_properties_fall_through_to_the_cd() {
 
 #[test]
 fn broken_guestinfo_stops() {
-    let f = Fake::new("vmw-gi-broken");
+    let f = FakeRoot::new("vmw-gi-broken");
     f.put(DMI_SYS_VENDOR, VMWARE.as_bytes());
     f.cd(Some(&fixture("iso-minimal")));
     let refuse: Box<OpenGuestInfo> = Box::new(|| Err(io::Error::other("ioperm: EIO")));
@@ -229,7 +201,7 @@ fn broken_guestinfo_stops() {
 
 #[test]
 fn iso_transport_off_vmware() {
-    let f = Fake::new("vmw-iso");
+    let f = FakeRoot::new("vmw-iso");
     f.put(DMI_SYS_VENDOR, b"QEMU\n");
     f.cd(Some(&fixture("iso-minimal")));
     let src = f.source(must_not_open(), false);
@@ -253,7 +225,7 @@ fn iso_transport_off_vmware() {
 
 #[test]
 fn no_ovf_env_cd() {
-    let f = Fake::new("vmw-iso-absent");
+    let f = FakeRoot::new("vmw-iso-absent");
     let src = f.source(must_not_open(), false);
     assert_eq!(src.fetch(f.root()).unwrap(), None, "no sysfs");
     // A disk, an empty drive, a drive with a non-ISO disc: none is looked in.
@@ -272,7 +244,7 @@ fn no_ovf_env_cd() {
 
 #[test]
 fn broken_cd_stops() {
-    let f = Fake::new("vmw-iso-broken");
+    let f = FakeRoot::new("vmw-iso-broken");
     f.cd(Some(b"<Environment/>"));
     let err = f.source(must_not_open(), true).fetch(f.root()).unwrap_err();
     assert_eq!(
@@ -308,8 +280,8 @@ fn reads_iso_labels() {
 
 #[test]
 fn place_in_the_order() {
-    let f = Fake::new("vmw-order");
-    let sources = |f: &Fake| -> Vec<Box<dyn Datasource>> {
+    let f = FakeRoot::new("vmw-order");
+    let sources = |f: &FakeRoot| -> Vec<Box<dyn Datasource>> {
         vec![
             Box::new(FwCfg),
             Box::new(f.source(must_not_open(), false)),
@@ -351,7 +323,7 @@ fn place_in_the_order() {
 #[test]
 fn first_boot_from_the_cd() {
     use crate::firstboot::{apply, Options};
-    let f = Fake::new("vmw-apply");
+    let f = FakeRoot::new("vmw-apply");
     f.cd(Some(&fixture("bad-role")));
     let sources: Vec<Box<dyn Datasource>> = vec![Box::new(f.source(must_not_open(), false))];
     let opts = Options::with_root(f.root());
