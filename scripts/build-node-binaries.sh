@@ -15,11 +15,17 @@
 # Prints the three binaries' absolute paths on stdout, one a line; progress
 # and timing go to stderr.
 #
-# x86_64 uses the cargo on PATH (rustup). aarch64 and armv7 use Debian's
-# /usr/bin/cargo and /usr/bin/rustc 1.85, whose standard library for those
-# targets comes from libstd-rust-web-dev:arm64/:armhf: run
+# x86_64 uses $CARGO or the cargo on PATH (rustup). aarch64 and armv7 use
+# Debian's /usr/bin/cargo and /usr/bin/rustc 1.85, whose standard library for
+# those targets comes from libstd-rust-web-dev:arm64/:armhf: run
 # scripts/setup-cross.sh once first. rustup's cargo cannot do it: only the
-# host target's std is available to it here.
+# host target's std is available to it here. KILN_CROSS_RUST_BIN names
+# another directory holding Debian's cargo, rustc and rustdoc.
+#
+# This script is the one place that knows the per-target environment:
+# `kiln build` (builder/src/nodebin.rs) runs it too. Exit status 3 means the
+# cross toolchain is missing (the last line says what is missing and to run
+# scripts/setup-cross.sh); any other failure is the build's own.
 #
 # Linker and flags are passed as CARGO_TARGET_<TRIPLE>_LINKER/_RUSTFLAGS
 # environment variables rather than a .cargo/config.toml: the cross build
@@ -34,6 +40,7 @@
 set -euo pipefail
 
 die() { echo "build-node-binaries: error: $*" >&2; exit 1; }
+missing() { echo "build-node-binaries: error: $*; run scripts/setup-cross.sh (as root) first" >&2; exit 3; }
 say() { echo "build-node-binaries: $*" >&2; }
 
 [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 TARGET [OUT_DIR]"
@@ -65,23 +72,24 @@ unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET
 
 case "$TARGET" in
   x86_64-unknown-linux-gnu)
-    CARGO=$(command -v cargo) || die "no cargo on PATH (install rustup)"
+    CARGO=${CARGO:-$(command -v cargo)} || die "no cargo on PATH (install rustup)"
     ;;
   *)
     case "$TARGET" in
-      aarch64-*) LINKER=aarch64-linux-gnu-gcc ;;
-      armv7-*) LINKER=arm-linux-gnueabihf-gcc ;;
+      aarch64-*) LINKER=aarch64-linux-gnu-gcc GNU_TRIPLE=aarch64-linux-gnu ;;
+      armv7-*) LINKER=arm-linux-gnueabihf-gcc GNU_TRIPLE=arm-linux-gnueabihf ;;
     esac
-    CARGO=/usr/bin/cargo
-    hint="run scripts/setup-cross.sh (as root) first"
-    [ -x /usr/bin/cargo ] || die "/usr/bin/cargo (Debian's cargo-web) is missing; $hint"
-    [ -x /usr/bin/rustc ] || die "/usr/bin/rustc (Debian's rustc-web) is missing; $hint"
-    sysroot=$(/usr/bin/rustc --print sysroot)
+    BIN=${KILN_CROSS_RUST_BIN:-/usr/bin}
+    CARGO=$BIN/cargo
+    [ -x "$BIN/cargo" ] || missing "$BIN/cargo (Debian's cargo-web) is missing"
+    [ -x "$BIN/rustc" ] || missing "$BIN/rustc (Debian's rustc-web) is missing"
+    sysroot=$("$BIN/rustc" --print sysroot)
     ls "$sysroot/lib/rustlib/$TARGET/lib"/libstd-*.rlib >/dev/null 2>&1 \
-      || die "no standard library for $TARGET in $sysroot/lib/rustlib/$TARGET/lib; $hint"
-    command -v "$LINKER" >/dev/null 2>&1 || die "linker $LINKER is missing; $hint"
+      || missing "no standard library for $TARGET in $sysroot/lib/rustlib/$TARGET/lib"
+    command -v "$LINKER" >/dev/null 2>&1 || missing "linker $LINKER is missing"
+    [ -f "/usr/$GNU_TRIPLE/lib/libc.a" ] || missing "static glibc /usr/$GNU_TRIPLE/lib/libc.a is missing"
     # Debian's cargo must drive Debian's rustc, not rustup's proxy on PATH.
-    export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+    export RUSTC=$BIN/rustc RUSTDOC=$BIN/rustdoc
     unset RUSTUP_TOOLCHAIN
     export "CARGO_TARGET_${TRIPLE_ENV}_LINKER=$LINKER"
     ;;

@@ -39,11 +39,15 @@ SRC
 add_backports
 $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continuing with the indexes it fetched" >&2
 
-pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd"
-pkgs_qemu="qemu-system-x86 ovmf"
+# Firmware the boards boot with under QEMU: OVMF (qemu-x86_64), AAVMF from
+# qemu-efi-aarch64 (qemu-aarch64), U-Boot for QEMU's virt machine from
+# u-boot-qemu (qemu-armv7). Backports has none of them; bookworm's own work
+# with QEMU 10.
+pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu"
+pkgs_qemu="qemu-system-x86 qemu-system-arm"
 if [ "$codename" = bookworm ]; then
-  $SUDO apt-get install -y -q --no-install-recommends $pkgs_base ovmf
-  $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+  $SUDO apt-get install -y -q --no-install-recommends $pkgs_base
+  $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports $pkgs_qemu
 else
   $SUDO apt-get install -y -q --no-install-recommends $pkgs_base $pkgs_qemu
 fi

@@ -42,14 +42,17 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     let arch = plan.board.arch;
     let mut warnings = Vec::new();
 
+    // Host tools first, then the in-image binaries: a missing apt or cross
+    // toolchain is found before any download.
+    let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
+    let apt = Apt::new(
+        &packages::cache_dir(),
+        &plan.board.suite,
+        arch.debian(),
+        &sources,
+    )?;
+    let bins = stages.run("building in-image binaries", || nodebin::build(arch))?;
     let packages = stages.run("resolving and fetching packages", || {
-        let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
-        let apt = Apt::new(
-            &packages::cache_dir(),
-            &plan.board.suite,
-            arch.debian(),
-            &sources,
-        )?;
         warnings.extend(apt.update(plan.refresh_packages)?);
         let mut packages = apt.fetch(&plan.packages)?;
         // The kernel package depends on initramfs-tools, perl and more that
@@ -65,7 +68,6 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         packages.dedup();
         Ok(packages)
     })?;
-    let bins = stages.run("building in-image binaries", || nodebin::build(arch))?;
     let k3s = stages.run("getting the k3s binary", || k3s_binary(&plan.k3s, &bins))?;
 
     let mut root = stages.run("composing the root filesystem", || {

@@ -2,7 +2,7 @@
 //! the k3s test double: built from this checkout for the board's arch as
 //! static executables, and checked to be what the board needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +21,7 @@ pub struct NodeBinaries {
 pub fn build(arch: Arch) -> Result<NodeBinaries> {
     let dir = match std::env::var_os("KILN_NODE_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => cargo_build(arch)?,
+        None => script_build(arch)?,
     };
     let read = |name: &str| -> Result<Vec<u8>> {
         let path = dir.join(name);
@@ -36,37 +36,59 @@ pub fn build(arch: Arch) -> Result<NodeBinaries> {
     })
 }
 
-fn cargo_build(arch: Arch) -> Result<PathBuf> {
+/// The script that knows each target's toolchain, linker and flags; kiln
+/// runs it rather than repeating that knowledge, so a build by hand
+/// (`scripts/build-node-binaries.sh aarch64`) and kiln's own are the same.
+const SCRIPT: &str = "scripts/build-node-binaries.sh";
+/// The script's exit status when the cross toolchain is missing.
+const TOOLCHAIN_MISSING: i32 = 3;
+
+/// Runs [`SCRIPT`] for `arch` into `target/node` of the checkout and
+/// returns the directory holding the binaries.
+fn script_build(arch: Arch) -> Result<PathBuf> {
     let root = data_dir();
     let target = arch.rust_target();
-    let target_dir = root.join("target/node");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let flags_var = format!(
-        "CARGO_TARGET_{}_RUSTFLAGS",
-        target.to_uppercase().replace('-', "_")
-    );
     log::info!("building kiln-init, kiln-firstboot and the k3s double for {target}");
-    let out = Command::new(&cargo)
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env(flags_var, "-C target-feature=+crt-static")
-        .args(["build", "--profile", "node", "--quiet", "--target", target])
-        .args(["-p", "kiln-node", "-p", "k3s-double"])
+    let out = Command::new("bash")
+        .arg(root.join(SCRIPT))
+        .arg(target)
+        .arg(root.join("target/node"))
         .output()
-        .with_context(|| format!("running {} (is Rust installed?)", cargo.to_string_lossy()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let hint = if err.contains("can't find crate for `std`") || err.contains("linker") {
-            format!("; the {target} toolchain is missing: run scripts/setup-host.sh")
-        } else {
-            String::new()
-        };
-        bail!(
-            "building the in-image binaries for {target} failed{hint}:\n{}",
+        .with_context(|| format!("running {SCRIPT} (is bash installed?)"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(TOOLCHAIN_MISSING) => bail!("{}", toolchain_missing(target, &err)),
+        _ => bail!(
+            "building the in-image binaries for {target} failed ({SCRIPT}):\n{}",
             err.trim()
-        );
+        ),
     }
-    Ok(target_dir.join(target).join("node"))
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout
+        .lines()
+        .next()
+        .with_context(|| format!("{SCRIPT} printed no binary paths"))?;
+    let dir = Path::new(first)
+        .parent()
+        .context("binary path has no directory")?;
+    Ok(dir.to_path_buf())
+}
+
+/// One message that says what is missing and what to run, from the
+/// script's last `error:` line.
+fn toolchain_missing(target: &str, script_stderr: &str) -> String {
+    let what = script_stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("error: ").map(|(_, e)| e))
+        .map(|e| e.split("; run ").next().unwrap_or(e))
+        .unwrap_or("unknown");
+    format!(
+        "the cross toolchain for {target} is missing ({what}); install it once with \
+         `scripts/setup-cross.sh` (as root: Debian's Rust 1.85 with the arm64/armhf \
+         standard libraries and the gcc cross linkers), then build again"
+    )
 }
 
 /// Refuses a binary for the wrong machine or one that needs a dynamic
@@ -158,6 +180,20 @@ mod tests {
         let e = check_static_elf(&me, Arch::Arm64).unwrap_err();
         assert!(e.to_string().contains("machine"), "{e}");
         assert!(check_static_elf(b"#!/bin/sh\n", Arch::Amd64).is_err());
+    }
+
+    #[test]
+    fn missing_toolchain_message_says_what_to_run() {
+        let stderr = "build-node-binaries: error: /nonexistent/cargo (Debian's cargo-web) \
+                      is missing; run scripts/setup-cross.sh (as root) first\n";
+        let msg = toolchain_missing("aarch64-unknown-linux-gnu", stderr);
+        assert_eq!(
+            msg,
+            "the cross toolchain for aarch64-unknown-linux-gnu is missing (/nonexistent/cargo \
+             (Debian's cargo-web) is missing); install it once with `scripts/setup-cross.sh` \
+             (as root: Debian's Rust 1.85 with the arm64/armhf standard libraries and the gcc \
+             cross linkers), then build again"
+        );
     }
 
     #[test]
