@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::qemu::uboot_env::UBootEnv;
 use crate::spec::SpecError;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -82,6 +83,9 @@ impl Arch {
 pub enum BootFlavor {
     /// GPT + ESP with systemd-boot, loaded by UEFI firmware.
     UefiSystemdBoot,
+    /// GPT + FAT boot partition with `extlinux/extlinux.conf`, read by
+    /// U-Boot's distro boot (most ARMv7 boards).
+    UbootExtlinux,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -120,6 +124,9 @@ pub struct QemuBoard {
     pub console_serial: u32,
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub firmware: QemuFirmware,
+    /// How `kiln boot --node` hands the node config to the guest.
+    #[serde(default)]
+    pub node_config: QemuNodeConfig,
     /// Debian packages that provide `binary` and the firmware (for errors).
     pub host_packages: Vec<String>,
 }
@@ -127,7 +134,28 @@ pub struct QemuBoard {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum QemuFirmware {
+    /// UEFI (OVMF, AAVMF): read-only code and a vars template kiln copies
+    /// for each run.
     Uefi { code: PathBuf, vars: PathBuf },
+    /// U-Boot as `-bios`, optionally with a per-run environment.
+    UBoot {
+        bios: PathBuf,
+        #[serde(default)]
+        env: Option<UBootEnv>,
+    },
+}
+
+/// How a node config given at boot reaches the guest under QEMU.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuNodeConfig {
+    /// QEMU's fw_cfg (`opt/io.kiln/node.yaml`); the kernel needs the
+    /// `qemu_fw_cfg` driver.
+    #[default]
+    FwCfg,
+    /// No way at boot (the kernel has no fw_cfg driver): only a config
+    /// baked into the image (spec `node:` / `node-file:`) is seen.
+    BakedOnly,
 }
 
 /// Where kiln's own data (boards, overlays, the in-image crates) lives: the

@@ -129,7 +129,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
             initrd: &initrd,
             cmdline,
         };
-        let files = boot::uefi::esp_files(&mut root.tree, arch, &input)?;
+        let files = boot::boot_files(plan.board.boot, &mut root.tree, arch, &input)?;
         let volume = plan.derive("esp-volume-id");
         fat::build(
             &fat::FatSpec {

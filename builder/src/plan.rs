@@ -90,7 +90,7 @@ impl BuildPlan {
         let board = Board::load(&board_name)?;
 
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|p| p.to_string()).collect();
-        packages.push(boot::uefi::LOADER_PACKAGE.to_string());
+        packages.extend(boot::packages(board.boot).iter().map(|p| p.to_string()));
         packages.extend(board.packages.iter().cloned());
         packages.extend(spec.packages.iter().cloned());
         packages.sort();

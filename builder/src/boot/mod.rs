@@ -1,9 +1,17 @@
 //! Boot flavors: what goes on the boot partition for the firmware to find
 //! the kernel. Code knows flavors, not boards; boards pick one.
+//!
+//! To add a flavor: a variant in [`BootFlavor`], a module here with a
+//! `boot_files` function, and one arm in each `match` below.
 
+pub mod extlinux;
 pub mod uefi;
 
+use anyhow::Result;
+
+use crate::board::{Arch, BootFlavor};
 use crate::fs::fat::FatFile;
+use crate::rootfs::tree::Tree;
 
 /// What every flavor needs to lay out its boot partition.
 pub struct BootInput<'a> {
@@ -15,3 +23,26 @@ pub struct BootInput<'a> {
 
 /// Boot partition files, sorted by path.
 pub type BootFiles = Vec<FatFile>;
+
+/// Debian packages (for the board's arch) a flavor takes its loader from.
+pub fn packages(flavor: BootFlavor) -> &'static [&'static str] {
+    match flavor {
+        BootFlavor::UefiSystemdBoot => &[uefi::LOADER_PACKAGE],
+        // U-Boot is the board's firmware, not part of the image.
+        BootFlavor::UbootExtlinux => &[],
+    }
+}
+
+/// The boot partition's files. A flavor may take what it needs out of the
+/// unpacked root (the loader has no business there).
+pub fn boot_files(
+    flavor: BootFlavor,
+    tree: &mut Tree,
+    arch: Arch,
+    input: &BootInput,
+) -> Result<BootFiles> {
+    match flavor {
+        BootFlavor::UefiSystemdBoot => uefi::esp_files(tree, arch, input),
+        BootFlavor::UbootExtlinux => extlinux::boot_files(input),
+    }
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::board::{Board, QemuFirmware};
+use crate::board::{Board, QemuFirmware, QemuNodeConfig};
 use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 
 /// Boot an image in QEMU and wait until the node is ready.
@@ -103,6 +103,13 @@ impl BootCmd {
         let Some(q) = &board.qemu else {
             bail!("board {board_name} cannot be booted in QEMU")
         };
+        if let (Some(_), QemuNodeConfig::BakedOnly) = (&self.node, q.node_config) {
+            bail!(
+                "board {board_name} cannot take --node: its kernel has no QEMU fw_cfg driver, \
+                 so a config given at boot never reaches the guest; bake it into the image \
+                 with the spec's `node:` or `node-file:`"
+            );
+        }
         if let Some(node) = &self.node {
             let text = std::fs::read_to_string(node)
                 .with_context(|| format!("reading {}", node.display()))?;
@@ -121,7 +128,14 @@ impl BootCmd {
                     code: code.clone(),
                     vars_template: vars.clone(),
                 },
-                [code.clone(), vars.clone()],
+                vec![code.clone(), vars.clone()],
+            ),
+            QemuFirmware::UBoot { bios, env } => (
+                Firmware::UBoot {
+                    bios: bios.clone(),
+                    env: env.clone(),
+                },
+                vec![bios.clone()],
             ),
         };
         for path in files {
@@ -154,7 +168,11 @@ impl BootCmd {
             image: self.image.clone(),
             node_config: self.node.clone(),
             expect,
-            fail_on: FAIL_ON.iter().map(|s| s.to_string()).collect(),
+            fail_on: FAIL_ON
+                .iter()
+                .chain(cfg.firmware.stuck_markers())
+                .map(|s| s.to_string())
+                .collect(),
             timeout: Duration::from_secs(self.timeout),
             log: self
                 .log
@@ -174,8 +192,8 @@ impl BootCmd {
 }
 
 /// Console text that means the boot cannot succeed: stop at once rather
-/// than wait for the timeout. `Shell>` is OVMF's shell: no disk booted.
-const FAIL_ON: &[&str] = &["kiln-init: ERROR", "kiln: ERROR", "Kernel panic", "Shell>"];
+/// than wait for the timeout (the firmware adds its own prompt).
+const FAIL_ON: &[&str] = &["kiln-init: ERROR", "kiln: ERROR", "Kernel panic"];
 
 /// `4G`, `512M`, `1024` (bytes).
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -107,7 +107,7 @@ impl Console {
         }
         self.fail_on
             .iter()
-            .find(|f| line.contains(f.as_str()))
+            .find(|f| matches(line, f))
             .map(|f| Event::Failed {
                 pattern: f.clone(),
                 line: line.to_string(),
@@ -143,6 +143,16 @@ impl Console {
         }
         let skip = tail.len().saturating_sub(TAIL_LINES);
         tail.split_off(skip)
+    }
+}
+
+/// A fail_on pattern: a substring anywhere in the line, or with a leading
+/// `^` at the line's start only (a firmware prompt like U-Boot's `=> `,
+/// which a kernel or service line may well contain further along).
+fn matches(line: &str, pattern: &str) -> bool {
+    match pattern.strip_prefix('^') {
+        Some(start) => line.starts_with(start),
+        None => line.contains(pattern),
     }
 }
 
@@ -218,6 +228,17 @@ mod tests {
         );
         assert_eq!(c.missing(), ["kiln: ready"]);
         assert!(c.tail().last().unwrap().contains("Shell>"));
+    }
+
+    #[test]
+    fn anchored_fail_on_matches_only_at_the_line_start() {
+        let mut c = Console::new(&strings(&["kiln: ready"]), &strings(&["^=> "]));
+        assert_eq!(c.feed(b"[ 3.1] rule a => b applied\r\n", 1.0, |_| {}), None);
+        let ev = c.feed(b"Not retrying...\r\n=> ", 2.0, |_| {});
+        assert!(
+            matches!(ev, Some(Event::Failed { ref pattern, .. }) if pattern == "^=> "),
+            "{ev:?}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! user network with `restrict=on`: it never reaches outside this machine.
 
 pub mod console;
+pub mod uboot_env;
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -30,8 +31,12 @@ pub enum Firmware {
         code: PathBuf,
         vars_template: PathBuf,
     },
-    /// U-Boot as `-bios`.
-    UBoot { bios: PathBuf },
+    /// U-Boot as `-bios`, with its environment on the second flash bank
+    /// when `env` says how ([`uboot_env`]).
+    UBoot {
+        bios: PathBuf,
+        env: Option<uboot_env::UBootEnv>,
+    },
     /// Direct kernel boot (Raspberry Pi machines: the firmware cannot run
     /// under QEMU, so kernel, initrd and DTB come from the image's boot
     /// partition, extracted by the caller).
@@ -41,6 +46,21 @@ pub enum Firmware {
         dtb: Option<PathBuf>,
         append: String,
     },
+}
+
+impl Firmware {
+    /// Console text that means the firmware booted nothing and now waits
+    /// for a human (see [`console`] for the `^` anchor): stop at once
+    /// instead of waiting for the timeout.
+    pub fn stuck_markers(&self) -> &'static [&'static str] {
+        match self {
+            // OVMF/AAVMF's shell.
+            Firmware::Uefi { .. } => &["Shell>"],
+            // U-Boot's prompt, after every boot command failed.
+            Firmware::UBoot { .. } => &["^=> "],
+            Firmware::Kernel { .. } => &[],
+        }
+    }
 }
 
 /// The machine, as a board file describes it.
@@ -113,9 +133,9 @@ fn opt_path(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
-/// QEMU's arguments (without the binary). `vars` is the per-run copy of
-/// the UEFI vars template.
-pub fn command_line(cfg: &QemuConfig, req: &BootRequest, vars: Option<&Path>) -> Vec<String> {
+/// QEMU's arguments (without the binary). `flash1` is the per-run second
+/// flash bank: the copy of the UEFI vars template, or U-Boot's environment.
+pub fn command_line(cfg: &QemuConfig, req: &BootRequest, flash1: Option<&Path>) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
     push(&[
@@ -144,7 +164,7 @@ pub fn command_line(cfg: &QemuConfig, req: &BootRequest, vars: Option<&Path>) ->
             code,
             vars_template,
         } => {
-            let vars = vars.unwrap_or(vars_template);
+            let vars = flash1.unwrap_or(vars_template);
             push(&[
                 "-drive",
                 &format!(
@@ -157,7 +177,15 @@ pub fn command_line(cfg: &QemuConfig, req: &BootRequest, vars: Option<&Path>) ->
                 &format!("if=pflash,format=raw,unit=1,file={}", opt_path(vars)),
             ]);
         }
-        Firmware::UBoot { bios } => push(&["-bios", &bios.to_string_lossy()]),
+        Firmware::UBoot { bios, .. } => {
+            push(&["-bios", &bios.to_string_lossy()]);
+            if let Some(env) = flash1 {
+                push(&[
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=1,file={}", opt_path(env)),
+                ]);
+            }
+        }
         Firmware::Kernel {
             kernel,
             initrd,
@@ -272,11 +300,25 @@ pub fn boot(cfg: &QemuConfig, req: &BootRequest) -> Result<BootOutcome> {
             })?;
             Some(copy)
         }
-        Firmware::UBoot { bios } if !bios.is_file() => {
-            bail!(
-                "U-Boot {} not found; install u-boot-qemu (see README)",
-                bios.display()
-            )
+        Firmware::UBoot { bios, env } => {
+            if !bios.is_file() {
+                bail!(
+                    "U-Boot {} not found; install u-boot-qemu (see README)",
+                    bios.display()
+                )
+            }
+            let bank = tmp.path().join("u-boot-env.fd");
+            match env
+                .as_ref()
+                .map(|env| uboot_env::write_bank(bios, env, &bank))
+            {
+                Some(Ok(())) => Some(bank),
+                Some(Err(e)) => {
+                    log::warn!("{e:#}; U-Boot boots with its own default environment");
+                    None
+                }
+                None => None,
+            }
         }
         _ => None,
     };
@@ -606,6 +648,7 @@ mod tests {
             cpu: Some("cortex-a15".into()),
             firmware: Firmware::UBoot {
                 bios: "/usr/lib/u-boot/qemu_arm/u-boot.bin".into(),
+                env: None,
             },
             disk_device: "virtio-blk-pci".into(),
             net_device: None,
@@ -624,6 +667,19 @@ mod tests {
             "{args}"
         );
         assert!(!args.contains("-netdev"), "{args}");
+        let args = command_line(
+            &cfg,
+            &request(Path::new("/i.img"), Path::new("/l")),
+            Some(Path::new("/run/u-boot-env.fd")),
+        )
+        .join(" ");
+        assert!(
+            args.contains(
+                "-bios /usr/lib/u-boot/qemu_arm/u-boot.bin \
+                 -drive if=pflash,format=raw,unit=1,file=/run/u-boot-env.fd"
+            ),
+            "{args}"
+        );
     }
 
     /// A stand-in for QEMU: a script that prints a console and exits.
