@@ -1,15 +1,37 @@
-//! QEMU boot tests: boot the self-test image and judge the facts it prints
-//! on the serial console (`selftest: key=value`, see
-//! tests/fixtures/selftest/overlay/usr/lib/kiln-selftest/report).
+//! QEMU boot tests: boot the self-test image of each board and judge the
+//! facts it prints on the serial console (`selftest: key=value`, see
+//! tests/fixtures/selftest/overlay/usr/lib/kiln-selftest/report). One rich
+//! boot per board, the same checks for every board ([`check_first_boot`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use kiln::board::{Arch, Board, QemuNodeConfig};
 
 use crate::util::{copy_image, kiln, qemu_lock, run, scratch, selftest_image, Run};
 
 /// Disk size the tests "flash" the image to: bigger than the image, so the
 /// data partition has room to grow.
 const DISK_BYTES: u64 = 2 << 30;
+
+/// The node config passed at boot (fw_cfg) where the board can take one.
+/// It differs from the baked one (tests/fixtures/selftest/node.yaml) only
+/// in the hostname, so the hostname tells which one the node applied.
+const NODE_AT_BOOT: &str = "role: server\ncluster-init: true\nhostname: kiln-test-1\n\
+    token: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n";
+const BAKED_HOSTNAME: &str = "kiln-baked";
+
+/// Waits for readiness and the self-test report, then for the guest to
+/// power off (the report's last act), so the disk is clean for a reboot.
+const BOOT_ARGS: [&str; 7] = [
+    "--timeout",
+    "420",
+    "--wait-exit",
+    "--expect",
+    "kiln: node ready role=server",
+    "--expect",
+    "selftest: done",
+];
 
 fn boot(image: &Path, node: Option<&Path>, extra: &[&str]) -> (Run, String) {
     let _one_vm_at_a_time = qemu_lock();
@@ -50,37 +72,79 @@ fn number(facts: &BTreeMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key}={raw} is not a number"))
 }
 
-#[test]
-fn first_and_second_boot_of_one_disk() {
-    let dir = scratch("boot-twice");
-    let image = copy_image(&selftest_image().image, &dir);
+/// One first boot of `board`'s self-test image on a private copy grown to
+/// [`DISK_BYTES`], with [`NODE_AT_BOOT`] where the board can take a config
+/// at boot. Checks every first-boot fact; returns the image for more boots
+/// and the console.
+fn first_boot(board: &str) -> (PathBuf, String) {
+    let dir = scratch(&format!("boot-{board}"));
+    let image = copy_image(&selftest_image(board).image, &dir);
+    let b = Board::load(board).unwrap();
+    let q = b.qemu.as_ref().expect("a QEMU board");
     let node = dir.join("node.yaml");
-    std::fs::write(&node, "role: server\ncluster-init: true\nhostname: kiln-test-1\ntoken: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n").unwrap();
+    std::fs::write(&node, NODE_AT_BOOT).unwrap();
+    let (node, expected) = match q.node_config {
+        QemuNodeConfig::FwCfg => (
+            Some(node.as_path()),
+            Expected {
+                source: "fw_cfg",
+                hostname: "kiln-test-1",
+                machine: machine(b.arch),
+            },
+        ),
+        QemuNodeConfig::BakedOnly => (
+            None,
+            Expected {
+                source: "/usr/lib/kiln/node.yaml",
+                hostname: BAKED_HOSTNAME,
+                machine: machine(b.arch),
+            },
+        ),
+    };
     let grow = DISK_BYTES.to_string();
-    let args = [
-        "--grow",
-        &grow,
-        "--timeout",
-        "300",
-        "--wait-exit",
-        "--expect",
-        "kiln: node ready role=server",
-        "--expect",
-        "selftest: done",
-    ];
-
-    // First boot: config from fw_cfg, data partition grown to the disk.
-    let (r, console) = boot(&image, Some(&node), &args);
+    let mut args = vec!["--grow", &grow];
+    args.extend(BOOT_ARGS);
+    let (r, console) = boot(&image, node, &args);
     assert_eq!(
         r.code,
         Some(0),
-        "first boot failed: {}\n{console}",
+        "{board}: first boot failed: {}\n{console}",
         r.stderr
     );
-    let f = facts(&console);
+    check_first_boot(&console, &expected);
+    eprintln!("{board}: {}", r.stderr.trim());
+    (image, console)
+}
+
+/// What differs between boards in a first boot.
+struct Expected {
+    /// Where kiln-firstboot says the node config came from.
+    source: &'static str,
+    hostname: &'static str,
+    /// `uname -m` in the guest.
+    machine: &'static str,
+}
+
+fn machine(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86_64",
+        Arch::Arm64 => "aarch64",
+        Arch::Armhf => "armv7l",
+    }
+}
+
+/// The facts every board's first boot must show: the right arch, a
+/// read-only root, `/var` on the data partition grown to fill the disk,
+/// the node config applied (hostname, config.yaml, file modes), the k3s
+/// double labelled, no failed unit, and nothing left from a boot before.
+#[track_caller]
+fn check_first_boot(console: &str, expected: &Expected) {
+    let f = facts(console);
+    assert_eq!(f["machine"], expected.machine, "the board's arch booted");
     assert!(
-        console.contains("kiln: node config from fw_cfg"),
-        "config source not named"
+        console.contains(&format!("kiln: node config from {}", expected.source)),
+        "config source not named, or not {}",
+        expected.source
     );
     assert!(console.contains("kiln: first boot done"));
     assert_eq!(f["usr-write"], "failed", "the root must be read-only");
@@ -88,7 +152,7 @@ fn first_and_second_boot_of_one_disk() {
     assert_eq!(f["etc-mount"], "overlay");
     let var = &f["var-mount"];
     assert!(
-        var.ends_with(" ext4") && var.starts_with("/dev/vda"),
+        var.ends_with(" ext4") && var.starts_with("/dev/"),
         "/var is not the data partition: {var}"
     );
     let disk = number(&f, "disk-sectors");
@@ -105,8 +169,8 @@ fn first_and_second_boot_of_one_disk() {
         "/var filesystem not grown: {fs_bytes} bytes"
     );
     assert_eq!(
-        f["hostname"], "kiln-test-1",
-        "hostname from the fw_cfg node.yaml"
+        f["hostname"], expected.hostname,
+        "hostname from the node config"
     );
     for line in [
         "cluster-init: true",
@@ -135,9 +199,14 @@ fn first_and_second_boot_of_one_disk() {
         ("1", "absent", "absent")
     );
     assert!(!console.contains("kiln-init: ERROR"));
+}
+
+#[test]
+fn x86_64_first_and_second_boot_of_one_disk() {
+    let (image, _) = first_boot("qemu-x86_64");
 
     // Second boot of the same disk, no fw_cfg: saved config, state kept.
-    let (r, console) = boot(&image, None, &args[2..]);
+    let (r, console) = boot(&image, None, &BOOT_ARGS);
     assert_eq!(
         r.code,
         Some(0),
@@ -151,7 +220,10 @@ fn first_and_second_boot_of_one_disk() {
     );
     assert!(!console.contains("kiln: first boot done"));
     assert!(console.contains("kiln-init: data partition already fills the disk"));
-    assert_eq!(f["hostname"], "kiln-test-1");
+    assert_eq!(
+        f["hostname"], "kiln-test-1",
+        "the saved config beats the baked one"
+    );
     assert_eq!(
         (
             f["boot-count"].as_str(),
@@ -163,10 +235,42 @@ fn first_and_second_boot_of_one_disk() {
     assert_eq!(f["failed-units"], "");
 }
 
+/// AAVMF + systemd-boot on `virt`, config through fw_cfg.
+#[test]
+fn aarch64_first_boot() {
+    first_boot("qemu-aarch64");
+}
+
+/// U-Boot + extlinux on `virt`, the baked config (no fw_cfg driver).
+#[test]
+fn armv7_first_boot() {
+    let (_, console) = first_boot("qemu-armv7");
+    assert!(
+        console.contains("Loading Environment from Flash... OK"),
+        "U-Boot did not take kiln's environment"
+    );
+    assert!(
+        console.contains("Retrieving file: /extlinux/extlinux.conf"),
+        "U-Boot did not boot through extlinux"
+    );
+}
+
+#[test]
+fn armv7_refuses_a_node_config_at_boot() {
+    let dir = scratch("boot-armv7-node");
+    let image = copy_image(&selftest_image("qemu-armv7").image, &dir);
+    let node = dir.join("node.yaml");
+    std::fs::write(&node, NODE_AT_BOOT).unwrap();
+    run(kiln().arg("boot").arg(&image).arg("--node").arg(&node)).failure(
+        3,
+        "board qemu-armv7 cannot take --node: its kernel has no QEMU fw_cfg driver",
+    );
+}
+
 #[test]
 fn boot_timeout_exits_2_with_the_missing_line() {
     let dir = scratch("boot-timeout");
-    let image = copy_image(&selftest_image().image, &dir);
+    let image = copy_image(&selftest_image("qemu-x86_64").image, &dir);
     let (r, _) = boot(
         &image,
         None,
@@ -182,10 +286,16 @@ fn boot_timeout_exits_2_with_the_missing_line() {
 fn missing_image_and_missing_qemu_are_explained() {
     let dir = scratch("boot-missing");
     run(kiln().arg("boot").arg(dir.join("nope.img"))).failure(3, "build it with `kiln build`");
-    let image = copy_image(&selftest_image().image, &dir);
-    let r = run(kiln()
-        .arg("boot")
-        .arg(&image)
-        .env("PATH", dir.join("empty-path")));
-    r.failure(3, "install qemu-system-x86");
+    for (board, package) in [
+        ("qemu-x86_64", "install qemu-system-x86"),
+        ("qemu-aarch64", "install qemu-system-arm"),
+        ("qemu-armv7", "install qemu-system-arm"),
+    ] {
+        let image = copy_image(&selftest_image(board).image, &dir);
+        let r = run(kiln()
+            .arg("boot")
+            .arg(&image)
+            .env("PATH", dir.join("empty-path")));
+        r.failure(3, package);
+    }
 }

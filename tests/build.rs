@@ -117,8 +117,28 @@ fn missing_apt_is_explained() {
 }
 
 #[test]
+fn missing_cross_toolchain_says_what_to_run() {
+    let dir = scratch("no-cross");
+    let r = run(kiln()
+        .args(["build", "--board", "qemu-aarch64", "--out"])
+        .arg(dir.join("out"))
+        .env("KILN_CROSS_RUST_BIN", "/nonexistent"));
+    let r = r.failure(
+        1,
+        "the cross toolchain for aarch64-unknown-linux-gnu is missing (/nonexistent/cargo \
+         (Debian's cargo-web) is missing); install it once with `scripts/setup-cross.sh`",
+    );
+    assert!(
+        !r.stderr.contains("resolving and fetching packages"),
+        "found before any download:\n{}",
+        r.stderr
+    );
+    assert_no_image(&dir);
+}
+
+#[test]
 fn summary_names_the_double_and_sizes() {
-    let built = selftest_image();
+    let built = selftest_image("qemu-x86_64");
     for needle in [
         "kiln: build complete",
         "k3s TEST DOUBLE",
@@ -134,18 +154,142 @@ fn summary_names_the_double_and_sizes() {
     }
 }
 
-#[test]
-fn same_spec_builds_the_same_bytes() {
-    let first = selftest_image();
-    let second = crate::util::build_selftest("selftest-build-again");
+/// Same spec twice, same bytes: the shared self-test image and a second
+/// build of it, per board.
+fn assert_reproducible(board: &str) {
+    let first = selftest_image(board);
+    let second = crate::util::build_selftest(board, &format!("selftest-build-again-{board}"));
     assert_eq!(
         first.sha256, second.sha256,
-        "two builds of the same spec report different sha256"
+        "{board}: two builds of the same spec report different sha256"
     );
     assert!(
         same_bytes(&first.image, &second.image),
-        "two builds of the same spec differ"
+        "{board}: two builds of the same spec differ"
     );
+}
+
+#[test]
+fn same_spec_builds_the_same_bytes_x86_64() {
+    assert_reproducible("qemu-x86_64");
+}
+
+#[test]
+fn same_spec_builds_the_same_bytes_aarch64() {
+    assert_reproducible("qemu-aarch64");
+}
+
+#[test]
+fn same_spec_builds_the_same_bytes_armv7() {
+    assert_reproducible("qemu-armv7");
+}
+
+/// The in-image binaries, read back out of the built image: `/init` from
+/// the initramfs on the boot partition, `kiln-firstboot` and `k3s` from
+/// the squashfs root. Each must be a static executable for the board's
+/// machine (what `file` shows as "ARM aarch64, statically linked").
+fn assert_in_image_binaries_fit(board: &str) {
+    let arch = kiln::board::Board::load(board).unwrap().arch;
+    let image = &selftest_image(board).image;
+    let esp = partition(image, kiln_node::layout::ESP_PARTITION);
+    let initrd = fat_file(esp, "kiln/initrd.img");
+    let root = partition(image, kiln_node::layout::ROOT_A_PARTITION);
+    let mut binaries = vec![("/init".to_string(), cpio_file(&initrd, "init"))];
+    for path in ["/usr/bin/kiln-firstboot", "/usr/bin/k3s"] {
+        binaries.push((path.to_string(), squashfs_file(&root, path)));
+    }
+    for (path, data) in binaries {
+        let info = kiln::nodebin::elf_info(&data)
+            .unwrap_or_else(|| panic!("{board}: {path} is not an ELF file"));
+        assert_eq!(
+            (info.machine, info.class64),
+            (
+                kiln::nodebin::elf_machine(arch),
+                arch != kiln::board::Arch::Armhf
+            ),
+            "{board}: {path} is built for the wrong machine"
+        );
+        kiln::nodebin::check_static_elf(&data, arch)
+            .unwrap_or_else(|e| panic!("{board}: {path}: {e:#}"));
+    }
+}
+
+#[test]
+fn in_image_binaries_are_static_for_the_arch_x86_64() {
+    assert_in_image_binaries_fit("qemu-x86_64");
+}
+
+#[test]
+fn in_image_binaries_are_static_for_the_arch_aarch64() {
+    assert_in_image_binaries_fit("qemu-aarch64");
+}
+
+#[test]
+fn in_image_binaries_are_static_for_the_arch_armv7() {
+    assert_in_image_binaries_fit("qemu-armv7");
+}
+
+/// The bytes of the GPT partition called `name`.
+fn partition(image: &Path, name: &str) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image).unwrap();
+    let sectors = file.metadata().unwrap().len() / 512;
+    let table = kiln_node::gpt::read(&mut file, sectors).unwrap();
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no partition {name} in {}", image.display()));
+    let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * 512) as usize];
+    file.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    file.read_exact(&mut data).unwrap();
+    data
+}
+
+fn fat_file(volume: Vec<u8>, path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(volume), fatfs::FsOptions::new()).unwrap();
+    let mut data = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("{path} on the boot partition: {e}"))
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+/// A file of a gzip'd newc cpio (the initramfs).
+fn cpio_file(initrd: &[u8], name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut input: Box<dyn Read + '_> = Box::new(flate2::read::GzDecoder::new(initrd));
+    loop {
+        let mut entry = cpio::NewcReader::new(input).unwrap();
+        if entry.entry().is_trailer() {
+            panic!("no {name} in the initramfs");
+        }
+        let found = entry.entry().name() == name;
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if found {
+            return data;
+        }
+        input = entry.finish().unwrap();
+    }
+}
+
+fn squashfs_file(root: &[u8], path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let fs = backhand::FilesystemReader::from_reader(std::io::Cursor::new(root)).unwrap();
+    let node = fs
+        .files()
+        .find(|n| n.fullpath == Path::new(path))
+        .unwrap_or_else(|| panic!("no {path} in the root"));
+    let backhand::InnerNode::File(file) = &node.inner else {
+        panic!("{path} is not a regular file in the root");
+    };
+    let mut data = Vec::new();
+    fs.file(file).reader().read_to_end(&mut data).unwrap();
+    data
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {

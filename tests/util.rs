@@ -92,18 +92,26 @@ pub struct BuiltImage {
     pub summary: String,
 }
 
-/// The self-test image (tests/fixtures/selftest), built once per run.
-pub fn selftest_image() -> &'static BuiltImage {
-    static IMAGE: OnceLock<BuiltImage> = OnceLock::new();
-    IMAGE.get_or_init(|| build_selftest("selftest-build"))
+/// The boards the self-test image is built for and booted on.
+pub const BOARDS: [&str; 3] = ["qemu-x86_64", "qemu-aarch64", "qemu-armv7"];
+
+/// The self-test image (tests/fixtures/selftest) for `board`, built once
+/// per run: the same spec and overlay on every board (`--board`).
+pub fn selftest_image(board: &str) -> &'static BuiltImage {
+    static IMAGES: [OnceLock<BuiltImage>; BOARDS.len()] = [const { OnceLock::new() }; 3];
+    let i = BOARDS
+        .iter()
+        .position(|b| *b == board)
+        .unwrap_or_else(|| panic!("no self-test image for {board}"));
+    IMAGES[i].get_or_init(|| build_selftest(board, &format!("selftest-build-{board}")))
 }
 
-pub fn build_selftest(dir: &str) -> BuiltImage {
+pub fn build_selftest(board: &str, dir: &str) -> BuiltImage {
     let out = scratch(dir);
     let r = run(kiln()
         .arg("build")
         .arg(fixture("selftest/spec.yaml"))
-        .arg("--out")
+        .args(["--board", board, "--out"])
         .arg(&out))
     .success();
     let image = out.join("kiln-selftest.img");

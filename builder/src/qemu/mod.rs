@@ -879,6 +879,61 @@ mod tests {
         );
     }
 
+    /// U-Boot with the qemu-armv7 board's environment bank and an empty
+    /// disk stops at its prompt at once (no autoboot delay, no network
+    /// boot), and the runner fails fast on it.
+    #[test]
+    fn uboot_empty_disk_fails_fast_at_the_prompt() {
+        let board = crate::board::Board::load("qemu-armv7").unwrap();
+        let q = board.qemu.unwrap();
+        let crate::board::QemuFirmware::UBoot { bios, env } = q.firmware else {
+            panic!("qemu-armv7 boots with U-Boot")
+        };
+        let have_qemu = Command::new(&q.binary).arg("--version").output().is_ok();
+        if !have_qemu || !bios.is_file() {
+            eprintln!(
+                "skipped: {} or U-Boot is not installed (scripts/setup-host.sh installs them)",
+                q.binary
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("empty.img");
+        File::create(&image).unwrap().set_len(8 << 20).unwrap();
+        let firmware = Firmware::UBoot { bios, env };
+        let mut req = request(&image, &dir.path().join("console.log"));
+        req.expect = vec!["kiln: ready".into()];
+        req.fail_on = firmware
+            .stuck_markers()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        req.timeout = Duration::from_secs(60);
+        let cfg = QemuConfig {
+            binary: q.binary,
+            machine: q.machine,
+            cpu: q.cpu,
+            memory_mib: 256,
+            smp: 1,
+            firmware,
+            disk_device: q.disk_device,
+            net_device: q.net_device,
+            console_serial: q.console_serial,
+            extra_args: vec![],
+        };
+        let outcome = boot(&cfg, &req).unwrap();
+        let BootOutcome::Failed { reason, .. } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(reason.starts_with("console showed \"^=> \""), "{reason}");
+        let log = std::fs::read_to_string(&req.log).unwrap();
+        assert!(
+            log.contains("Loading Environment from Flash... OK"),
+            "{log}"
+        );
+        assert!(!log.contains("BOOTP broadcast"), "no network boot: {log}");
+    }
+
     /// OVMF reads a FAT volume written by [`crate::fs::fat`] (whole-disk,
     /// no partition table) and its shell runs `startup.nsh` from it.
     #[test]
