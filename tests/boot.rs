@@ -14,12 +14,12 @@ use crate::util::{copy_image, kiln, qemu_lock, run, scratch, selftest_image, Run
 /// data partition has room to grow.
 const DISK_BYTES: u64 = 2 << 30;
 
-/// The node config passed at boot (fw_cfg) where the board can take one.
-/// It differs from the baked one (tests/fixtures/selftest/node.yaml) only
-/// in the hostname, so the hostname tells which one the node applied.
+/// The node config passed at boot (`--node`: fw_cfg, or node.yaml on the
+/// boot partition). It differs from the one baked into the image
+/// (tests/fixtures/selftest/node.yaml) only in the hostname, so the
+/// hostname tells which one the node applied.
 const NODE_AT_BOOT: &str = "role: server\ncluster-init: true\nhostname: kiln-test-1\n\
     token: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n";
-const BAKED_HOSTNAME: &str = "kiln-baked";
 
 /// Waits for readiness and the self-test report, then for the guest to
 /// power off (the report's last act), so the disk is clean for a reboot.
@@ -73,44 +73,32 @@ fn number(facts: &BTreeMap<String, String>, key: &str) -> u64 {
 }
 
 /// One first boot of `board`'s self-test image on a private copy grown to
-/// [`DISK_BYTES`], with [`NODE_AT_BOOT`] where the board can take a config
-/// at boot. Checks every first-boot fact; returns the image for more boots
-/// and the console.
+/// [`DISK_BYTES`], with [`NODE_AT_BOOT`]. Checks every first-boot fact;
+/// returns the image for more boots and the console.
 fn first_boot(board: &str) -> (PathBuf, String) {
     let dir = scratch(&format!("boot-{board}"));
     let image = copy_image(&selftest_image(board).image, &dir);
     let b = Board::load(board).unwrap();
-    let q = b.qemu.as_ref().expect("a QEMU board");
+    let node_config = b.qemu.as_ref().expect("a QEMU board").node_config;
     let node = dir.join("node.yaml");
     std::fs::write(&node, NODE_AT_BOOT).unwrap();
-    let (node, expected) = match q.node_config {
-        QemuNodeConfig::FwCfg => (
-            Some(node.as_path()),
-            Expected {
-                source: "fw_cfg",
-                hostname: "kiln-test-1",
-                machine: machine(b.arch),
-            },
-        ),
-        QemuNodeConfig::BakedOnly => (
-            None,
-            Expected {
-                source: "/usr/lib/kiln/node.yaml",
-                hostname: BAKED_HOSTNAME,
-                machine: machine(b.arch),
-            },
-        ),
-    };
     let grow = DISK_BYTES.to_string();
     let mut args = vec!["--grow", &grow];
     args.extend(BOOT_ARGS);
-    let (r, console) = boot(&image, node, &args);
+    let (r, console) = boot(&image, Some(&node), &args);
     assert_eq!(
         r.code,
         Some(0),
         "{board}: first boot failed: {}\n{console}",
         r.stderr
     );
+    let expected = Expected {
+        source: match node_config {
+            QemuNodeConfig::FwCfg => "fw_cfg",
+            QemuNodeConfig::BootPartition => "boot partition node.yaml",
+        },
+        machine: machine(b.arch),
+    };
     check_first_boot(&console, &expected);
     eprintln!("{board}: {}", r.stderr.trim());
     (image, console)
@@ -120,7 +108,6 @@ fn first_boot(board: &str) -> (PathBuf, String) {
 struct Expected {
     /// Where kiln-firstboot says the node config came from.
     source: &'static str,
-    hostname: &'static str,
     /// `uname -m` in the guest.
     machine: &'static str,
 }
@@ -169,8 +156,8 @@ fn check_first_boot(console: &str, expected: &Expected) {
         "/var filesystem not grown: {fs_bytes} bytes"
     );
     assert_eq!(
-        f["hostname"], expected.hostname,
-        "hostname from the node config"
+        f["hostname"], "kiln-test-1",
+        "hostname from the node config given at boot"
     );
     for line in [
         "cluster-init: true",
@@ -241,7 +228,8 @@ fn aarch64_first_boot() {
     first_boot("qemu-aarch64");
 }
 
-/// U-Boot + extlinux on `virt`, the baked config (no fw_cfg driver).
+/// U-Boot + extlinux on `virt`, node.yaml on the boot partition (the
+/// armmp kernel has no fw_cfg driver).
 #[test]
 fn armv7_first_boot() {
     let (_, console) = first_boot("qemu-armv7");
@@ -252,18 +240,6 @@ fn armv7_first_boot() {
     assert!(
         console.contains("Retrieving file: /extlinux/extlinux.conf"),
         "U-Boot did not boot through extlinux"
-    );
-}
-
-#[test]
-fn armv7_refuses_a_node_config_at_boot() {
-    let dir = scratch("boot-armv7-node");
-    let image = copy_image(&selftest_image("qemu-armv7").image, &dir);
-    let node = dir.join("node.yaml");
-    std::fs::write(&node, NODE_AT_BOOT).unwrap();
-    run(kiln().arg("boot").arg(&image).arg("--node").arg(&node)).failure(
-        3,
-        "board qemu-armv7 cannot take --node: its kernel has no QEMU fw_cfg driver",
     );
 }
 

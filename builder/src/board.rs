@@ -153,9 +153,9 @@ pub enum QemuNodeConfig {
     /// `qemu_fw_cfg` driver.
     #[default]
     FwCfg,
-    /// No way at boot (the kernel has no fw_cfg driver): only a config
-    /// baked into the image (spec `node:` / `node-file:`) is seen.
-    BakedOnly,
+    /// `node.yaml` on the image's boot partition, written before the boot
+    /// (for kernels without the fw_cfg driver, like Debian's armmp).
+    BootPartition,
 }
 
 /// Where kiln's own data (boards, overlays, the in-image crates) lives: the

@@ -5,6 +5,7 @@
 //! `boot_files` function, and one arm in each `match` below.
 
 pub mod extlinux;
+pub mod node_file;
 pub mod uefi;
 
 use anyhow::Result;

@@ -20,7 +20,9 @@ pub struct BootCmd {
     /// Raw disk image made by `kiln build`. It is booted in place: the
     /// guest's first boot changes it (data partition, /var, /etc).
     pub image: PathBuf,
-    /// node.yaml passed to the guest through QEMU fw_cfg.
+    /// node.yaml for the guest: passed through QEMU fw_cfg, or written to
+    /// the image's boot partition when the board's kernel has no fw_cfg
+    /// driver (the board file says which).
     #[arg(long)]
     pub node: Option<PathBuf>,
     /// Seconds to wait for every expected line.
@@ -103,13 +105,6 @@ impl BootCmd {
         let Some(q) = &board.qemu else {
             bail!("board {board_name} cannot be booted in QEMU")
         };
-        if let (Some(_), QemuNodeConfig::BakedOnly) = (&self.node, q.node_config) {
-            bail!(
-                "board {board_name} cannot take --node: its kernel has no QEMU fw_cfg driver, \
-                 so a config given at boot never reaches the guest; bake it into the image \
-                 with the spec's `node:` or `node-file:`"
-            );
-        }
         if let Some(node) = &self.node {
             let text = std::fs::read_to_string(node)
                 .with_context(|| format!("reading {}", node.display()))?;
@@ -122,6 +117,16 @@ impl BootCmd {
                 file.set_len(size).context("growing the image")?;
             }
         }
+        let fw_cfg_node = match (&self.node, q.node_config) {
+            (Some(node), QemuNodeConfig::BootPartition) => {
+                let bytes =
+                    std::fs::read(node).with_context(|| format!("reading {}", node.display()))?;
+                crate::boot::node_file::put(&self.image, &bytes)
+                    .context("putting node.yaml on the image's boot partition")?;
+                None
+            }
+            (node, _) => node.clone(),
+        };
         let (firmware, files) = match &q.firmware {
             QemuFirmware::Uefi { code, vars } => (
                 Firmware::Uefi {
@@ -166,7 +171,7 @@ impl BootCmd {
         };
         let req = BootRequest {
             image: self.image.clone(),
-            node_config: self.node.clone(),
+            node_config: fw_cfg_node,
             expect,
             fail_on: FAIL_ON
                 .iter()

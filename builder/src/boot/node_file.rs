@@ -1,0 +1,158 @@
+//! `node.yaml` on a built image's boot partition, where someone flashing a
+//! card would drop it and kiln-firstboot's boot-partition datasource reads
+//! it. `kiln boot --node` puts it there for boards whose kernel has no QEMU
+//! fw_cfg driver (Debian's armmp).
+
+use std::fs::OpenOptions;
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_node::datasource::boot_partition::NODE_FILE;
+use kiln_node::gpt::{self, SECTOR};
+use kiln_node::layout::ESP_PARTITION;
+
+/// Blocks written back: only those the change touched, so a sparse image
+/// stays sparse.
+const BLOCK: usize = 4096;
+
+/// Writes (or replaces) `node.yaml` on the image's boot partition, found
+/// by its GPT name.
+pub fn put(image: &Path, config: &[u8]) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let sectors = file.metadata()?.len() / SECTOR;
+    let table = gpt::read(&mut file, sectors)
+        .with_context(|| format!("reading the partition table of {}", image.display()))?;
+    let part = table
+        .partitions
+        .iter()
+        .find(|p| p.name == ESP_PARTITION)
+        .with_context(|| format!("{} has no {ESP_PARTITION} partition", image.display()))?;
+    let offset = part.first_lba * SECTOR;
+    let mut before = vec![0; ((part.last_lba + 1 - part.first_lba) * SECTOR) as usize];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut before)?;
+
+    let mut volume = Cursor::new(before.clone());
+    {
+        let fs = fatfs::FileSystem::new(&mut volume, fatfs::FsOptions::new())
+            .context("reading the boot partition (FAT)")?;
+        let mut node = fs.root_dir().create_file(NODE_FILE)?;
+        node.truncate()?;
+        node.write_all(config)
+            .with_context(|| format!("writing {NODE_FILE} on the boot partition"))?;
+        drop(node);
+        fs.unmount()?;
+    }
+    let after = volume.into_inner();
+    for (i, (old, new)) in before.chunks(BLOCK).zip(after.chunks(BLOCK)).enumerate() {
+        if old != new {
+            file.seek(SeekFrom::Start(offset + (i * BLOCK) as u64))?;
+            file.write_all(new)?;
+        }
+    }
+    file.sync_all()
+        .with_context(|| format!("writing {}", image.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::layout::{place, PartitionPlan};
+    use crate::fs::fat;
+    use kiln_node::gpt::{types, Guid};
+
+    /// A disk with a FAT boot partition and another one after it.
+    fn disk(path: &Path) {
+        let plans = [(ESP_PARTITION, types::ESP), ("other", types::LINUX_FS)].map(|(name, t)| {
+            PartitionPlan {
+                name: name.into(),
+                type_guid: t,
+                unique_guid: Guid::from_hash(name.as_bytes()),
+                size_bytes: 64 << 20,
+            }
+        });
+        let esp = fat::build(
+            &fat::FatSpec {
+                size_bytes: 64 << 20,
+                label: "KILN-ESP".into(),
+                volume_id: 1,
+                fat32: true,
+                mtime: 1_700_000_000,
+            },
+            &[fat::FatFile {
+                path: "kiln/vmlinuz".into(),
+                data: b"kernel".to_vec(),
+            }],
+        )
+        .unwrap();
+        let other = vec![0xaa; 1 << 20];
+        crate::disk::image::write(
+            path,
+            &place(&plans),
+            Guid::from_hash(b"disk"),
+            &[Some(&esp), Some(&other)],
+        )
+        .unwrap();
+    }
+
+    fn read_back(image: &Path) -> (Vec<u8>, Vec<u8>) {
+        let mut file = std::fs::File::open(image).unwrap();
+        let sectors = file.metadata().unwrap().len() / SECTOR;
+        let table = gpt::read(&mut file, sectors).unwrap();
+        let mut part = |i: usize| {
+            let p = &table.partitions[i];
+            let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * SECTOR) as usize];
+            file.seek(SeekFrom::Start(p.first_lba * SECTOR)).unwrap();
+            file.read_exact(&mut data).unwrap();
+            data
+        };
+        let (esp, other) = (part(0), part(1));
+        let fs = fatfs::FileSystem::new(Cursor::new(esp), fatfs::FsOptions::new()).unwrap();
+        let mut node = Vec::new();
+        fs.root_dir()
+            .open_file(NODE_FILE)
+            .unwrap()
+            .read_to_end(&mut node)
+            .unwrap();
+        (node, other)
+    }
+
+    #[test]
+    fn put_writes_and_replaces_node_yaml_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        disk(&image);
+        put(
+            &image,
+            b"role: server\ncluster-init: true\nhostname: a-long-host-name\n",
+        )
+        .unwrap();
+        put(&image, b"role: server\nhostname: b\n").unwrap();
+        let (node, other) = read_back(&image);
+        assert_eq!(node, b"role: server\nhostname: b\n");
+        assert!(other[..1 << 20].iter().all(|b| *b == 0xaa));
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&image).unwrap();
+        assert!(meta.blocks() * 512 < 8 << 20, "the image stays sparse");
+    }
+
+    #[test]
+    fn an_image_without_a_boot_partition_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("zero.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        let e = put(&image, b"role: server\n").unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("reading the partition table of"),
+            "{e:#}"
+        );
+    }
+}
