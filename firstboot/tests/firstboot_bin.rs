@@ -122,7 +122,7 @@ fn rack_without_an_entry_waits_and_retries() {
         Some("kiln: waiting for a node config for this node, retrying every 10 s"),
         "{seen:?}"
     );
-    assert!(seen.contains(&"kiln: rack mode: this node has no NIC; no serial".to_owned()));
+    assert!(seen.contains(&"kiln: rack mode: this node has no NIC found; no serial".to_owned()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with(

@@ -28,6 +28,23 @@ pub struct NodeIdentity {
     pub serial: Option<String>,
 }
 
+impl NodeIdentity {
+    /// `MAC a, b; serial s` (or `no NIC found; no serial`), for the console
+    /// and for errors.
+    pub fn describe(&self) -> String {
+        let macs = if self.macs.is_empty() {
+            "no NIC found".to_owned()
+        } else {
+            format!("MAC {}", self.macs.join(", "))
+        };
+        let serial = self
+            .serial
+            .as_deref()
+            .map_or("no serial".to_owned(), |s| format!("serial {s}"));
+        format!("{macs}; {serial}")
+    }
+}
+
 /// A `nodes:` key, normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeKey {
@@ -129,15 +146,6 @@ pub fn select_node(doc: &NodeDoc, id: &NodeIdentity) -> Result<Selected, ConfigE
 }
 
 fn no_entry(doc: &NodeDoc, id: &NodeIdentity, why: &str) -> ConfigError {
-    let macs = if id.macs.is_empty() {
-        "no NIC found".to_owned()
-    } else {
-        format!("MAC {}", id.macs.join(", "))
-    };
-    let serial = id
-        .serial
-        .as_deref()
-        .map_or("no serial".to_owned(), |s| format!("serial {s}"));
     let example = id.macs.first().map_or_else(
         || "aa:bb:cc:dd:ee:ff".to_owned(),
         |m| m.to_ascii_lowercase(),
@@ -152,7 +160,10 @@ fn no_entry(doc: &NodeDoc, id: &NodeIdentity, why: &str) -> ConfigError {
         doc.nodes_at,
         ErrorKind::NoEntry,
         Some("nodes"),
-        format!("no entry in `nodes:` for this node ({macs}; {serial}) and {why}"),
+        format!(
+            "no entry in `nodes:` for this node ({}) and {why}",
+            id.describe()
+        ),
         hint,
     )
 }

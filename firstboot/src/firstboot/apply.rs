@@ -91,16 +91,7 @@ fn select(opts: &Options, doc: &NodeDoc, out: &mut dyn Write) -> Result<Selected
         std::thread::sleep(Duration::from_millis(500));
         id = identity::gather(&opts.root);
     }
-    let macs = if id.macs.is_empty() {
-        "no NIC".to_owned()
-    } else {
-        format!("MAC {}", id.macs.join(", "))
-    };
-    let serial = id
-        .serial
-        .as_deref()
-        .map_or("no serial".to_owned(), |s| format!("serial {s}"));
-    say(out, format!("rack mode: this node has {macs}; {serial}"));
+    say(out, format!("rack mode: this node has {}", id.describe()));
     let selected = config::select_node(doc, &id)?;
     match &selected.matched {
         Match::Entry { key, by } => {
