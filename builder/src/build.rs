@@ -119,8 +119,10 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let esp = stages.run("writing the boot partition", || {
+        // `ro`: without it systemd-remount-fs remounts `/` read-write (the
+        // squashfs stays read-only underneath, but the mount should say so).
         let cmdline = format!(
-            "{} kiln.root={}",
+            "{} ro kiln.root={}",
             plan.board.kernel.cmdline,
             layout::ROOT_A_PARTITION
         );
