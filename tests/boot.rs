@@ -136,7 +136,10 @@ fn check_first_boot(console: &str, expected: &Expected) {
     assert!(console.contains("kiln: first boot done"));
     assert_eq!(f["usr-write"], "failed", "the root must be read-only");
     assert_eq!(f["root-mount"], "squashfs ro");
-    assert_eq!(f["root-mount-flag"], "ro", "the root mount itself is read-only");
+    assert_eq!(
+        f["root-mount-flag"], "ro",
+        "the root mount itself is read-only"
+    );
     assert_eq!(f["etc-mount"], "overlay");
     let var = &f["var-mount"];
     assert!(
