@@ -52,7 +52,7 @@ fn boot(image: &Path, node: Option<&Path>, extra: &[&str]) -> (Run, String) {
 }
 
 /// The `selftest: key=value` facts of a console log (last value wins).
-fn facts(console: &str) -> BTreeMap<String, String> {
+pub fn facts(console: &str) -> BTreeMap<String, String> {
     console
         .lines()
         .filter_map(|l| l.split_once("selftest: ").map(|(_, f)| f))

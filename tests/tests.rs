@@ -4,11 +4,14 @@
 //! - `validate`: `kiln validate` on good and broken node configs and specs.
 //! - `build`: bad input fails early and clearly; builds are reproducible.
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
+//! - `cluster`: several VMs of one image on a private network: rack mode,
+//!   joins, a wrong token, secrets on the console and in the journal.
 //!
 //! Images are built once per test run and shared (see `util::selftest_image`).
 
 mod boot;
 mod build;
 mod cli;
+mod cluster;
 mod util;
 mod validate;

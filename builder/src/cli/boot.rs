@@ -5,13 +5,26 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::board::{Board, QemuFirmware, QemuNodeConfig};
+use crate::qemu::net::{Link, Mac, Nic};
 use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 
 /// Boot an image in QEMU and wait until the node is ready.
 ///
 /// Runs the board's QEMU machine under TCG with its firmware, the serial
 /// console on stdout and in a log file, and the guest network restricted
-/// to this machine.
+/// to this machine: QEMU's user network with `restrict=on`, or, with
+/// `--net`, a private network of VMs on this machine.
+///
+/// Several VMs on one private network (a k3s server and its agents): the
+/// first VM listens once per peer, each peer connects to one of its ports,
+/// and the first VM's QEMU forwards between them all (a hub). E.g.
+/// `kiln boot a.img --mac 52:54:00:6b:00:01 --net listen=127.0.0.1:5001
+/// --net listen=127.0.0.1:5002`, then `kiln boot b.img --mac
+/// 52:54:00:6b:00:02 --net connect=127.0.0.1:5001`, and the same for c.img
+/// with port 5002.
+///
+/// Boot copies of an image, never one file twice at once. There is no
+/// DHCP server on a private network: give each node a static address.
 ///
 /// Exit codes: 0 ready, 1 boot failed (kernel panic, kiln error, firmware
 /// shell), 2 timed out, 3 could not start.
@@ -25,6 +38,16 @@ pub struct BootCmd {
     /// driver (the board file says which).
     #[arg(long)]
     pub node: Option<PathBuf>,
+    /// MAC address of the guest's NIC (default: QEMU's 52:54:00:12:34:56).
+    /// Rack mode picks a node's entry by it.
+    #[arg(long)]
+    pub mac: Option<Mac>,
+    /// Put the NIC on a private network of VMs instead of QEMU's user
+    /// network (repeatable): `listen=127.0.0.1:PORT` waits for one peer VM,
+    /// `connect=127.0.0.1:PORT` reaches a peer's listening port (retried
+    /// until it listens). Loopback addresses only.
+    #[arg(long = "net", value_name = "LINK")]
+    pub links: Vec<Link>,
     /// Seconds to wait for every expected line.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -105,6 +128,9 @@ impl BootCmd {
         let Some(q) = &board.qemu else {
             bail!("board {board_name} cannot be booted in QEMU")
         };
+        if q.net_device.is_none() && (self.mac.is_some() || !self.links.is_empty()) {
+            bail!("board {board_name} has no NIC under QEMU: --mac and --net do not apply");
+        }
         if let Some(node) = &self.node {
             let text = std::fs::read_to_string(node)
                 .with_context(|| format!("reading {}", node.display()))?;
@@ -172,6 +198,10 @@ impl BootCmd {
         let req = BootRequest {
             image: self.image.clone(),
             node_config: fw_cfg_node,
+            nic: Nic {
+                mac: self.mac,
+                links: self.links.clone(),
+            },
             expect,
             fail_on: FAIL_ON
                 .iter()

@@ -5,9 +5,11 @@
 //! QEMU, reads the console line by line ([`console::Console`]), writes the
 //! full log, and ends the run on the first of: every expected marker seen,
 //! a fatal marker, QEMU exiting, the timeout. The guest's network is QEMU's
-//! user network with `restrict=on`: it never reaches outside this machine.
+//! user network with `restrict=on`, or a private network of VMs linked
+//! over loopback ([`net`]): it never reaches outside this machine.
 
 pub mod console;
+pub mod net;
 pub mod uboot_env;
 
 use std::fs::File;
@@ -94,6 +96,8 @@ pub struct BootRequest {
     /// Node config passed with `-fw_cfg` under
     /// [`kiln_node::layout::FW_CFG_NODE_CONFIG`].
     pub node_config: Option<PathBuf>,
+    /// The NIC's MAC and network (default: QEMU's MAC, user network).
+    pub nic: net::Nic,
     /// Substrings that must all appear on the console, in any order.
     pub expect: Vec<String>,
     /// Substrings that end the run as failed (`kiln-init: ERROR`,
@@ -215,9 +219,9 @@ pub fn command_line(cfg: &QemuConfig, req: &BootRequest, flash1: Option<&Path>) 
         };
         push(&["-device", &format!("{},drive=d0{index}", cfg.disk_device)]);
     }
-    if let Some(nic) = &cfg.net_device {
-        push(&["-netdev", "user,id=n0,restrict=on"]);
-        push(&["-device", &format!("{nic},netdev=n0")]);
+    if let Some(model) = &cfg.net_device {
+        let nic = net::args(model, &req.nic);
+        push(&nic.iter().map(String::as_str).collect::<Vec<_>>());
     }
     if let Some(node) = &req.node_config {
         let key = kiln_node::layout::FW_CFG_NODE_CONFIG;
@@ -561,6 +565,7 @@ mod tests {
         BootRequest {
             image: image.into(),
             node_config: None,
+            nic: net::Nic::default(),
             expect: vec![],
             fail_on: vec!["Kernel panic".into(), "Shell>".into()],
             timeout: Duration::from_secs(10),
