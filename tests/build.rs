@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use crate::util::{kiln, run, scratch, selftest_image, Run};
+use crate::util::{
+    cpio_file, fat_file, kiln, partition, run, scratch, selftest_image, squashfs_file, Run,
+};
 
 /// Writes `spec` into a fresh dir and builds it there.
 fn build_spec(name: &str, spec: &str, extra: &[(&str, &[u8])]) -> (Run, std::path::PathBuf) {
@@ -227,69 +229,6 @@ fn in_image_binaries_are_static_for_the_arch_aarch64() {
 #[test]
 fn in_image_binaries_are_static_for_the_arch_armv7() {
     assert_in_image_binaries_fit("qemu-armv7");
-}
-
-/// The bytes of the GPT partition called `name`.
-fn partition(image: &Path, name: &str) -> Vec<u8> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(image).unwrap();
-    let sectors = file.metadata().unwrap().len() / 512;
-    let table = kiln_node::gpt::read(&mut file, sectors).unwrap();
-    let p = table
-        .partitions
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no partition {name} in {}", image.display()));
-    let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * 512) as usize];
-    file.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
-    file.read_exact(&mut data).unwrap();
-    data
-}
-
-fn fat_file(volume: Vec<u8>, path: &str) -> Vec<u8> {
-    use std::io::Read;
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(volume), fatfs::FsOptions::new()).unwrap();
-    let mut data = Vec::new();
-    fs.root_dir()
-        .open_file(path)
-        .unwrap_or_else(|e| panic!("{path} on the boot partition: {e}"))
-        .read_to_end(&mut data)
-        .unwrap();
-    data
-}
-
-/// A file of a gzip'd newc cpio (the initramfs).
-fn cpio_file(initrd: &[u8], name: &str) -> Vec<u8> {
-    use std::io::Read;
-    let mut input: Box<dyn Read + '_> = Box::new(flate2::read::GzDecoder::new(initrd));
-    loop {
-        let mut entry = cpio::NewcReader::new(input).unwrap();
-        if entry.entry().is_trailer() {
-            panic!("no {name} in the initramfs");
-        }
-        let found = entry.entry().name() == name;
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        if found {
-            return data;
-        }
-        input = entry.finish().unwrap();
-    }
-}
-
-fn squashfs_file(root: &[u8], path: &str) -> Vec<u8> {
-    use std::io::Read;
-    let fs = backhand::FilesystemReader::from_reader(std::io::Cursor::new(root)).unwrap();
-    let node = fs
-        .files()
-        .find(|n| n.fullpath == Path::new(path))
-        .unwrap_or_else(|| panic!("no {path} in the root"));
-    let backhand::InnerNode::File(file) = &node.inner else {
-        panic!("{path} is not a regular file in the root");
-    };
-    let mut data = Vec::new();
-    fs.file(file).reader().read_to_end(&mut data).unwrap();
-    data
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {

@@ -3,12 +3,15 @@
 //! - `cli`: help texts and small commands.
 //! - `validate`: `kiln validate` on good and broken node configs and specs.
 //! - `build`: bad input fails early and clearly; builds are reproducible.
+//! - `boards`: real-hardware boards (NUC, Jetson): structural checks, and
+//!   the NUC installer's QEMU proof.
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
 //! - `cluster`: several VMs of one image on a private network: rack mode,
 //!   joins, a wrong token, secrets on the console and in the journal.
 //!
 //! Images are built once per test run and shared (see `util::selftest_image`).
 
+mod boards;
 mod boot;
 mod build;
 mod cli;

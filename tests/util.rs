@@ -107,16 +107,22 @@ pub fn selftest_image(board: &str) -> &'static BuiltImage {
 }
 
 pub fn build_selftest(board: &str, dir: &str) -> BuiltImage {
+    build_selftest_with(board, dir, &[])
+}
+
+/// [`build_selftest`] with more `kiln build` arguments (`--installer`).
+pub fn build_selftest_with(board: &str, dir: &str, extra: &[&str]) -> BuiltImage {
     let out = scratch(dir);
     let r = run(kiln()
         .arg("build")
         .arg(fixture("selftest/spec.yaml"))
         .args(["--board", board, "--out"])
-        .arg(&out))
+        .arg(&out)
+        .args(extra))
     .success();
     let image = out.join("kiln-selftest.img");
     assert_eq!(
-        r.stdout.trim(),
+        r.stdout.lines().next().unwrap_or_default(),
         image.display().to_string(),
         "stdout names the image"
     );
@@ -145,4 +151,100 @@ pub fn copy_image(src: &Path, dir: &Path) -> PathBuf {
     assert!(status.success());
     std::fs::copy(src.with_extension("json"), dest.with_extension("json")).unwrap();
     dest
+}
+
+/// The bytes of the GPT partition called `name`.
+pub fn partition(image: &Path, name: &str) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(image).unwrap();
+    let sectors = file.metadata().unwrap().len() / 512;
+    let table = kiln_node::gpt::read(&mut file, sectors).unwrap();
+    let p = table
+        .partitions
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no partition {name} in {}", image.display()));
+    let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * 512) as usize];
+    file.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    file.read_exact(&mut data).unwrap();
+    data
+}
+
+pub fn fat_file(volume: Vec<u8>, path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(volume), fatfs::FsOptions::new()).unwrap();
+    let mut data = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("{path} on the boot partition: {e}"))
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+/// A file of the initramfs: a gzip'd newc cpio, after the uncompressed
+/// early-microcode cpio if there is one.
+pub fn cpio_file(initrd: &[u8], name: &str) -> Vec<u8> {
+    let (_, main) = split_initrd(initrd);
+    plain_cpio_file(flate2::read::GzDecoder::new(main), name)
+}
+
+/// An initrd's uncompressed cpio in front (early microcode), if any, and
+/// the compressed rest.
+pub fn split_initrd(initrd: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    if !initrd.starts_with(b"070701") {
+        return (None, initrd);
+    }
+    let trailer = initrd
+        .windows(10)
+        .position(|w| w == b"TRAILER!!!")
+        .expect("the early cpio ends with a trailer");
+    let gz = trailer
+        + initrd[trailer..]
+            .windows(2)
+            .position(|w| w == [0x1f, 0x8b])
+            .expect("a gzip'd cpio follows the early one");
+    (Some(&initrd[..gz]), &initrd[gz..])
+}
+
+/// A file of an uncompressed newc cpio stream.
+pub fn plain_cpio_file(input: impl std::io::Read, name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut input: Box<dyn Read + '_> = Box::new(input);
+    loop {
+        let mut entry = cpio::NewcReader::new(input).unwrap();
+        if entry.entry().is_trailer() {
+            panic!("no {name} in the cpio");
+        }
+        let found = entry.entry().name() == name;
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        if found {
+            return data;
+        }
+        input = entry.finish().unwrap();
+    }
+}
+
+/// Every path in a squashfs (`/usr/bin/k3s`, ...).
+pub fn squashfs_paths(root: &[u8]) -> Vec<String> {
+    let fs = backhand::FilesystemReader::from_reader(std::io::Cursor::new(root)).unwrap();
+    fs.files()
+        .map(|n| n.fullpath.to_string_lossy().into_owned())
+        .collect()
+}
+
+pub fn squashfs_file(root: &[u8], path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let fs = backhand::FilesystemReader::from_reader(std::io::Cursor::new(root)).unwrap();
+    let node = fs
+        .files()
+        .find(|n| n.fullpath == Path::new(path))
+        .unwrap_or_else(|| panic!("no {path} in the root"));
+    let backhand::InnerNode::File(file) = &node.inner else {
+        panic!("{path} is not a regular file in the root");
+    };
+    let mut data = Vec::new();
+    fs.file(file).reader().read_to_end(&mut data).unwrap();
+    data
 }

@@ -17,8 +17,16 @@ pub struct Board {
     pub arch: Arch,
     /// Debian suite the userland comes from.
     pub suite: String,
+    /// Archive components to resolve from (on the host's mirror): `main`,
+    /// plus `non-free-firmware` for boards that need firmware blobs.
+    #[serde(default = "main_only")]
+    pub components: Vec<String>,
     pub boot: BootFlavor,
     pub kernel: Kernel,
+    /// CPU microcode loaded by the kernel before the initramfs (x86), from
+    /// a microcode package the board lists.
+    #[serde(default)]
+    pub microcode: Option<Microcode>,
     /// Packages this board adds to kiln's base set (firmware, tools).
     #[serde(default)]
     pub packages: Vec<String>,
@@ -30,6 +38,10 @@ pub struct Board {
     pub root_modules: Vec<String>,
     pub disk: DiskLayout,
     pub qemu: Option<QemuBoard>,
+}
+
+fn main_only() -> Vec<String> {
+    vec!["main".into()]
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -86,6 +98,40 @@ pub enum BootFlavor {
     /// GPT + FAT boot partition with `extlinux/extlinux.conf`, read by
     /// U-Boot's distro boot (most ARMv7 boards).
     UbootExtlinux,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Microcode {
+    /// `intel-microcode`: `/usr/lib/firmware/intel-ucode/*`.
+    Intel,
+    /// `amd64-microcode`: `/usr/lib/firmware/amd-ucode/*.bin`.
+    Amd,
+}
+
+impl Microcode {
+    /// Where the package puts the per-CPU files in the root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Microcode::Intel => "usr/lib/firmware/intel-ucode",
+            Microcode::Amd => "usr/lib/firmware/amd-ucode",
+        }
+    }
+
+    /// The file the kernel looks for under `kernel/x86/microcode/`.
+    pub fn early_file(self) -> &'static str {
+        match self {
+            Microcode::Intel => "GenuineIntel.bin",
+            Microcode::Amd => "AuthenticAMD.bin",
+        }
+    }
+
+    pub fn package(self) -> &'static str {
+        match self {
+            Microcode::Intel => "intel-microcode",
+            Microcode::Amd => "amd64-microcode",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

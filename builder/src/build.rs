@@ -44,7 +44,11 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
 
     // Host tools first, then the in-image binaries: a missing apt or cross
     // toolchain is found before any download.
-    let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
+    let sources = packages::sources_for(
+        &plan.board.suite,
+        plan.mirror.as_deref(),
+        &plan.board.components,
+    )?;
     let apt = Apt::new(
         &packages::cache_dir(),
         &plan.board.suite,
@@ -111,11 +115,17 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let initrd = stages.run("building the initramfs", || {
-        initramfs::build(&initramfs::InitramfsInput {
+        let main = initramfs::build(&initramfs::InitramfsInput {
             init: bins.init.clone(),
             modules: root.kernel.initramfs_modules.clone(),
             mtime: plan.epoch,
-        })
+        })?;
+        match plan.board.microcode {
+            // The kernel reads an uncompressed cpio in front of the
+            // compressed one: one initrd file, as initramfs-tools makes it.
+            Some(mc) => Ok([early_microcode(&root.tree, mc, plan.epoch)?, main].concat()),
+            None => Ok(main),
+        }
     })?;
 
     let esp = stages.run("writing the boot partition", || {
@@ -194,6 +204,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let sha256 = stages.run("checksumming", || packages::sha256_file(&image))?;
+
     write_sidecar(
         &image,
         &Sidecar {
@@ -220,6 +231,30 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         stages: stages.times,
         warnings,
     })
+}
+
+/// The early microcode cpio from the microcode package's files in the root.
+fn early_microcode(
+    tree: &crate::rootfs::tree::Tree,
+    mc: crate::board::Microcode,
+    epoch: u64,
+) -> Result<Vec<u8>> {
+    let blobs: Vec<&[u8]> = tree
+        .below(mc.dir())
+        .filter_map(|(_, n)| match &n.kind {
+            crate::rootfs::tree::Kind::File(d) => Some(&d[..]),
+            _ => None,
+        })
+        .collect();
+    if blobs.is_empty() {
+        bail!(
+            "the board asks for {:?} microcode but /{} is empty; add {} to the board's packages",
+            mc,
+            mc.dir(),
+            mc.package()
+        );
+    }
+    initramfs::early_microcode(mc.early_file(), &blobs, epoch)
 }
 
 /// The build record next to an image (`<name>.json`): what `kiln boot`

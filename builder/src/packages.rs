@@ -43,8 +43,15 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// The sources for `suite` (plus its -updates and -security suites) taken
-/// from the host's apt configuration, or built from `mirror` when given.
-pub fn sources_for(suite: &str, mirror: Option<&str>) -> Result<Vec<Source>> {
+/// from the host's apt configuration, or built from `mirror` when given,
+/// with the archive `components` the board needs (`main`, and e.g.
+/// `non-free-firmware`): the mirror is the host's, only the component list
+/// is the board's, since every Debian mirror carries all components.
+pub fn sources_for(
+    suite: &str,
+    mirror: Option<&str>,
+    components: &[String],
+) -> Result<Vec<Source>> {
     let host = read_host_sources(Path::new("/etc/apt"));
     let wanted = [
         suite.to_string(),
@@ -61,15 +68,22 @@ pub fn sources_for(suite: &str, mirror: Option<&str>) -> Result<Vec<Source>> {
             .map(|s| Source {
                 uri: mirror.trim_end_matches('/').to_string(),
                 suite: s.clone(),
-                components: vec!["main".into()],
+                components: components.to_vec(),
                 signed_by: keyring.clone(),
             })
             .collect();
         // The security archive lives elsewhere; keep the host's if it has one.
-        out.extend(host.into_iter().filter(|s| s.suite == wanted[2]));
+        out.extend(
+            host.into_iter()
+                .filter(|s| s.suite == wanted[2])
+                .map(|s| Source {
+                    components: components.to_vec(),
+                    ..s
+                }),
+        );
         return Ok(out);
     }
-    let picked = select_sources(host, &wanted);
+    let picked = select_sources(host, &wanted, components);
     if !picked.iter().any(|s| s.suite == suite) {
         bail!(
             "the host's apt sources have no `{suite}` suite; set `mirror:` in the spec \
@@ -79,15 +93,16 @@ pub fn sources_for(suite: &str, mirror: Option<&str>) -> Result<Vec<Source>> {
     Ok(picked)
 }
 
-/// Keeps the host sources whose suite is one of `wanted`, first URI per suite.
-fn select_sources(host: Vec<Source>, wanted: &[String]) -> Vec<Source> {
+/// Keeps the host sources whose suite is one of `wanted`, first URI per
+/// suite, with `components` (whatever the host enabled there).
+fn select_sources(host: Vec<Source>, wanted: &[String], components: &[String]) -> Vec<Source> {
     let mut seen = BTreeSet::new();
     host.into_iter()
         .filter(|s| wanted.contains(&s.suite))
         .filter(|s| seen.insert(s.suite.clone()))
-        .map(|mut s| {
-            s.components.retain(|c| c == "main");
-            s
+        .map(|s| Source {
+            components: components.to_vec(),
+            ..s
         })
         .collect()
 }
@@ -192,6 +207,8 @@ pub fn parse_one_line_sources(text: &str) -> Vec<Source> {
 pub struct Apt {
     root: PathBuf,
     arch: String,
+    /// The source list differs from the one the cached lists came from.
+    sources_changed: bool,
 }
 
 /// Lists older than this are refreshed before resolving.
@@ -203,7 +220,15 @@ impl Apt {
         which("apt-get").context(
             "kiln resolves Debian packages with the host's apt; install apt (Debian/Ubuntu)",
         )?;
-        let root = cache.join("apt").join(format!("{suite}-{arch}"));
+        // One private tree per component set, so boards with and without
+        // non-free-firmware do not refresh each other's lists.
+        let mut tag = format!("{suite}-{arch}");
+        for c in sources.iter().flat_map(|s| &s.components) {
+            if c != "main" && !tag.ends_with(&format!("-{c}")) {
+                tag.push_str(&format!("-{c}"));
+            }
+        }
+        let root = cache.join("apt").join(tag);
         for dir in [
             "etc/apt/apt.conf.d",
             "etc/apt/preferences.d",
@@ -255,11 +280,12 @@ impl Apt {
                 ""
             },
         );
-        write_if_changed(&root.join("etc/apt/sources.list"), &list)?;
+        let sources_changed = write_if_changed(&root.join("etc/apt/sources.list"), &list)?;
         write_if_changed(&root.join("etc/apt/apt.conf"), &conf)?;
         Ok(Apt {
             root,
             arch: arch.to_string(),
+            sources_changed,
         })
     }
 
@@ -276,7 +302,7 @@ impl Apt {
     /// only a package that cannot be resolved is an error.
     pub fn update(&self, force: bool) -> Result<Vec<String>> {
         let lists = self.root.join("var/lib/apt/lists");
-        if !force && lists_fresh(&lists) {
+        if !force && !self.sources_changed && lists_fresh(&lists) {
             return Ok(Vec::new());
         }
         let mut failed = Vec::new();
@@ -436,11 +462,13 @@ fn has_package_lists(lists: &Path) -> bool {
         .any(|e| e.file_name().to_string_lossy().contains("_Packages"))
 }
 
-fn write_if_changed(path: &Path, text: &str) -> Result<()> {
-    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+/// Writes `text` unless the file already holds it; says whether it wrote.
+fn write_if_changed(path: &Path, text: &str) -> Result<bool> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
     }
-    Ok(())
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
 }
 
 fn running_as_root() -> bool {
@@ -498,15 +526,22 @@ mod tests {
     }
 
     #[test]
-    fn selection_keeps_first_uri_per_suite_and_main_only() {
+    fn selection_keeps_first_uri_per_suite_with_the_boards_components() {
         let host = parse_one_line_sources(
             "deb http://a.invalid bookworm main non-free\ndeb http://b.invalid bookworm main\n\
              deb http://a.invalid bookworm-security main\ndeb http://c.invalid noble main\n",
         );
-        let picked = select_sources(host, &["bookworm".into(), "bookworm-security".into()]);
+        let suites = ["bookworm".into(), "bookworm-security".into()];
+        let picked = select_sources(host.clone(), &suites, &["main".into()]);
         assert_eq!(picked.len(), 2);
         assert_eq!(picked[0].uri, "http://a.invalid");
         assert_eq!(picked[0].components, vec!["main"]);
+        // A board that needs firmware adds the component on the host's own
+        // mirror, even where the host enabled only main.
+        let firmware = ["main".into(), "non-free-firmware".into()];
+        let picked = select_sources(host, &suites, &firmware);
+        assert_eq!(picked[1].uri, "http://a.invalid");
+        assert_eq!(picked[1].components, vec!["main", "non-free-firmware"]);
     }
 
     #[test]

@@ -161,6 +161,18 @@ pub fn build(input: &InitramfsInput) -> Result<Vec<u8>> {
         add(&mut nodes, dir, Node::Dir)?;
     }
 
+    let cpio = newc(&nodes, mtime)?;
+
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3) // Unix, as gzip -n writes it
+        .write(Vec::new(), flate2::Compression::best());
+    gz.write_all(&cpio).context("compressing the initramfs")?;
+    gz.finish().context("compressing the initramfs")
+}
+
+/// An uncompressed newc cpio of `nodes` (sorted, 0:0, one mtime).
+fn newc(nodes: &BTreeMap<String, Node>, mtime: u32) -> Result<Vec<u8>> {
     let mut cpio = Vec::new();
     for (ino, (path, node)) in nodes.iter().enumerate() {
         let b = cpio::newc::Builder::new(path)
@@ -186,13 +198,26 @@ pub fn build(input: &InitramfsInput) -> Result<Vec<u8>> {
         w.finish().context("writing the initramfs cpio")?;
     }
     cpio::newc::trailer(&mut cpio).context("writing the initramfs cpio")?;
+    Ok(cpio)
+}
 
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(3) // Unix, as gzip -n writes it
-        .write(Vec::new(), flate2::Compression::best());
-    gz.write_all(&cpio).context("compressing the initramfs")?;
-    gz.finish().context("compressing the initramfs")
+/// The early microcode archive the kernel looks for in front of the
+/// initramfs: `kernel/x86/microcode/<vendor file>` in an uncompressed cpio
+/// (the kernel reads it before it unpacks anything). `blobs` are the
+/// vendor's per-CPU files, concatenated as the kernel accepts them.
+pub fn early_microcode(vendor_file: &str, blobs: &[&[u8]], mtime: u64) -> Result<Vec<u8>> {
+    let mtime = u32::try_from(mtime).context("SOURCE_DATE_EPOCH does not fit a cpio header")?;
+    let data: Vec<u8> = blobs.concat();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    add(
+        &mut nodes,
+        &format!("kernel/x86/microcode/{vendor_file}"),
+        Node::File {
+            mode: 0o644,
+            data: &data,
+        },
+    )?;
+    newc(&nodes, mtime)
 }
 
 #[cfg(test)]
