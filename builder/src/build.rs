@@ -33,6 +33,8 @@ pub struct BuildReport {
     pub k3s: String,
     pub k3s_is_double: bool,
     pub sha256: String,
+    /// The installer stick image, when asked for.
+    pub installer: Option<PathBuf>,
     pub stages: Vec<(&'static str, Duration)>,
     pub warnings: Vec<String>,
 }
@@ -143,7 +145,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         };
         let files = boot::boot_files(plan.board.boot, &mut root.tree, arch, &input)?;
         let volume = plan.derive("esp-volume-id");
-        fat::build(
+        let fat = fat::build(
             &fat::FatSpec {
                 size_bytes: plan.board.disk.esp_mib << 20,
                 label: "KILN-ESP".into(),
@@ -152,8 +154,10 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
                 mtime: plan.epoch,
             },
             &files,
-        )
+        )?;
+        Ok((fat, files))
     })?;
+    let (esp, boot_files) = esp;
 
     let squash = stages.run("writing the root squashfs", || {
         squashfs::build(
@@ -216,6 +220,12 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
             sha256: sha256.clone(),
         },
     )?;
+    let installer = match &plan.installer {
+        Some(rules) => Some(stages.run("writing the installer image", || {
+            crate::installer::write(plan, rules, &image, &boot_files)
+        })?),
+        None => None,
+    };
     let meta = std::fs::metadata(&image)?;
     Ok(BuildReport {
         image_bytes: meta.len(),
@@ -228,6 +238,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         k3s: k3s.label,
         k3s_is_double: k3s.is_double,
         sha256,
+        installer,
         stages: stages.times,
         warnings,
     })
@@ -273,7 +284,7 @@ fn sidecar_path(image: &std::path::Path) -> PathBuf {
     image.with_extension("json")
 }
 
-fn write_sidecar(image: &std::path::Path, record: &Sidecar) -> Result<()> {
+pub(crate) fn write_sidecar(image: &std::path::Path, record: &Sidecar) -> Result<()> {
     let path = sidecar_path(image);
     let tmp = path.with_extension("json.partial");
     std::fs::write(&tmp, serde_json::to_string_pretty(record)? + "\n")?;
@@ -415,6 +426,9 @@ pub fn summary(r: &BuildReport) -> String {
     line(&mut s, "packages", r.packages.len().to_string());
     line(&mut s, "k3s", r.k3s.clone());
     line(&mut s, "sha256", r.sha256.clone());
+    if let Some(installer) = &r.installer {
+        line(&mut s, "installer", installer.display().to_string());
+    }
     let stages: Vec<String> = r
         .stages
         .iter()

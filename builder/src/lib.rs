@@ -14,6 +14,7 @@
 //! - [`fs`]: filesystem writers (squashfs root, FAT ESP, empty ext4 data).
 //! - [`disk`]: partition layout and the raw disk image.
 //! - [`build`]: runs the stages in order and reports what it made.
+//! - [`installer`]: the USB installer stick image that carries the image.
 //! - [`qemu`]: boots an image under QEMU and watches its serial console.
 
 pub mod board;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod disk;
 pub mod fs;
 pub mod initramfs;
+pub mod installer;
 pub mod logger;
 pub mod nodebin;
 pub mod output;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::board::{data_dir, Board};
 use crate::boot;
 use crate::rootfs::BASE_PACKAGES;
-use crate::spec::{locate_key, Spec};
+use crate::spec::{locate_key, InstallSpec, Spec};
 
 /// Timestamps in the image when neither the spec nor the environment sets
 /// `SOURCE_DATE_EPOCH` (2024-01-01T00:00:00Z): a fixed value keeps builds
@@ -35,6 +35,8 @@ pub struct BuildPlan {
     /// Hash of everything the user chose; UUIDs derive from it.
     pub seed: [u8; 32],
     pub refresh_packages: bool,
+    /// Also write an installer stick image, with these target rules.
+    pub installer: Option<InstallSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,8 @@ pub struct BuildArgs {
     pub board: Option<String>,
     pub out_dir: PathBuf,
     pub refresh_packages: bool,
+    /// `--installer`: also write the installer stick image.
+    pub installer: bool,
 }
 
 impl BuildPlan {
@@ -162,6 +166,19 @@ impl BuildPlan {
             (None, Err(_)) => DEFAULT_EPOCH,
         };
 
+        let installer = spec
+            .install
+            .clone()
+            .or_else(|| args.installer.then(InstallSpec::default));
+        if installer.is_some() && board.boot != crate::board::BootFlavor::UefiSystemdBoot {
+            bail!(
+                "board {} boots with {:?}: the installer needs a UEFI board (it boots the \
+                 stick with systemd-boot); flash this board's image directly",
+                board.name,
+                board.boot
+            );
+        }
+
         let board_text = serde_yaml::to_string(&format!("{board:?}"))?;
         let mut h = Sha256::new();
         h.update(spec_text.as_bytes());
@@ -180,6 +197,7 @@ impl BuildPlan {
             out_dir: args.out_dir.clone(),
             seed,
             refresh_packages: args.refresh_packages,
+            installer,
         })
     }
 
@@ -193,5 +211,9 @@ impl BuildPlan {
 
     pub fn image_path(&self) -> PathBuf {
         self.out_dir.join(format!("{}.img", self.name))
+    }
+
+    pub fn installer_path(&self) -> PathBuf {
+        self.out_dir.join(format!("{}-installer.img", self.name))
     }
 }

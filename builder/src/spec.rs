@@ -32,6 +32,22 @@ pub struct Spec {
     pub mirror: Option<String>,
     /// Timestamp clamp for reproducible output; default: a fixed epoch.
     pub source_date_epoch: Option<u64>,
+    /// Also build an installer stick image (`<name>-installer.img`), with
+    /// these rules for the target disk. `kiln build --installer` is the
+    /// same as `install: {}`.
+    pub install: Option<InstallSpec>,
+}
+
+/// How the installer picks and treats its target disk.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InstallSpec {
+    /// The disk to install to (`/dev/nvme0n1`); default: the largest
+    /// disk that is not removable, not on USB and not the stick.
+    pub device: Option<String>,
+    /// Overwrite a disk that has partitions (otherwise it is refused).
+    #[serde(default)]
+    pub wipe: bool,
 }
 
 /// Where the k3s binary comes from. Exactly one way must be given.
@@ -157,6 +173,19 @@ impl Spec {
                 }
             }
         }
+        if let Some(dev) = self.install.as_ref().and_then(|i| i.device.as_ref()) {
+            let ok = dev.starts_with("/dev/")
+                && dev.len() > 5
+                && dev
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/-_.:".contains(c));
+            if !ok {
+                return Err(err(
+                    "device",
+                    format!("install device `{dev}` must be a /dev path like /dev/nvme0n1"),
+                ));
+            }
+        }
         if self.node.is_some() && self.node_file.is_some() {
             return Err(err(
                 "node-file",
@@ -226,6 +255,18 @@ mod tests {
         assert!(e.message.contains("only one"), "{e}");
         let e = parse("board: b\nk3s: {}\n").unwrap_err();
         assert!(e.message.contains("needs one of"), "{e}");
+    }
+
+    #[test]
+    fn install_section_is_checked() {
+        let s = parse("board: b\ninstall: {device: /dev/nvme0n1, wipe: true}\n").unwrap();
+        let i = s.install.unwrap();
+        assert_eq!((i.device.as_deref(), i.wipe), (Some("/dev/nvme0n1"), true));
+        let e = parse("board: b\ninstall:\n  device: nvme0n1 x\n").unwrap_err();
+        assert!(e.message.contains("must be a /dev path"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let e = parse("board: b\ninstall: {target: /dev/sda}\n").unwrap_err();
+        assert!(e.message.contains("unknown field `target`"), "{e}");
     }
 
     #[test]

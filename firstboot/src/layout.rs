@@ -8,6 +8,15 @@ pub const ROOT_A_PARTITION: &str = "kiln-root-a";
 pub const ROOT_B_PARTITION: &str = "kiln-root-b";
 pub const DATA_PARTITION: &str = "kiln-data";
 
+/// Installer stick (`kiln build --installer`): its FAT boot partition, the
+/// partition holding the raw image, and the image's map on the former.
+pub const INSTALLER_PARTITION: &str = "kiln-installer";
+pub const PAYLOAD_PARTITION: &str = "kiln-payload";
+pub const PAYLOAD_MAP: &str = "kiln/payload.map";
+/// The installer's FAT label: not a kiln boot partition's, so a node
+/// never reads its node.yaml as its own.
+pub const INSTALLER_LABEL: &str = "KILN-INST";
+
 /// Initramfs: the ordered list of modules `kiln-init` loads, one path per
 /// line, relative to the initramfs root.
 pub const INITRAMFS_MODULE_LIST: &str = "etc/kiln/modules.load";

@@ -6,6 +6,7 @@
 //! - [`config`]: the `node.yaml` schema and its validation.
 //! - [`datasource`]: where a node finds its `node.yaml` (fw_cfg, baked, ...).
 //! - [`firstboot`]: what `kiln-firstboot` does with it (apply, wait-ready).
+//! - [`install`]: the installer `kiln-init` runs from a kiln installer stick.
 //! - `kiln-init` (`src/bin/kiln-init.rs`): `/init` of the initramfs.
 //! - `kiln-firstboot` (`src/bin/kiln-firstboot.rs`): turns node config into a
 //!   k3s node.
@@ -15,4 +16,5 @@ pub mod datasource;
 pub mod firstboot;
 pub mod gpt;
 pub mod init;
+pub mod install;
 pub mod layout;

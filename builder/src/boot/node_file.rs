@@ -10,14 +10,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use kiln_node::datasource::boot_partition::NODE_FILE;
 use kiln_node::gpt::{self, SECTOR};
-use kiln_node::layout::ESP_PARTITION;
+use kiln_node::layout::{ESP_PARTITION, INSTALLER_PARTITION};
 
 /// Blocks written back: only those the change touched, so a sparse image
 /// stays sparse.
 const BLOCK: usize = 4096;
 
 /// Writes (or replaces) `node.yaml` on the image's boot partition, found
-/// by its GPT name.
+/// by its GPT name: a node image's ESP, or an installer stick's partition
+/// (the installer copies it onto the disk it installs).
 pub fn put(image: &Path, config: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -30,7 +31,7 @@ pub fn put(image: &Path, config: &[u8]) -> Result<()> {
     let part = table
         .partitions
         .iter()
-        .find(|p| p.name == ESP_PARTITION)
+        .find(|p| p.name == ESP_PARTITION || p.name == INSTALLER_PARTITION)
         .with_context(|| format!("{} has no {ESP_PARTITION} partition", image.display()))?;
     let offset = part.first_lba * SECTOR;
     let mut before = vec![0; ((part.last_lba + 1 - part.first_lba) * SECTOR) as usize];

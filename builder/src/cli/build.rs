@@ -25,6 +25,11 @@ pub struct BuildCmd {
     /// Refresh the package lists even if the cached ones are recent.
     #[arg(long)]
     pub refresh: bool,
+    /// Also write OUT/<name>-installer.img: a USB stick that installs the
+    /// image onto the machine's disk (UEFI boards; the spec's `install:`
+    /// sets the target rules).
+    #[arg(long)]
+    pub installer: bool,
 }
 
 impl BuildCmd {
@@ -34,10 +39,14 @@ impl BuildCmd {
             board: self.board,
             out_dir: self.out,
             refresh_packages: self.refresh,
+            installer: self.installer,
         })?;
         let report = build(&plan)?;
         eprint!("{}", summary(&report));
         println!("{}", report.image.display());
+        if let Some(installer) = &report.installer {
+            println!("{}", installer.display());
+        }
         Ok(())
     }
 }

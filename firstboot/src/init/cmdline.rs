@@ -12,6 +12,9 @@ pub struct Options {
     pub init: String,
     /// `kiln.debug`: more console lines.
     pub debug: bool,
+    /// `kiln.install`: run the installer instead of booting, with
+    /// `kiln.install.device=` and `kiln.install.wipe`.
+    pub install: Option<crate::install::target::Rules>,
 }
 
 impl Default for Options {
@@ -21,6 +24,7 @@ impl Default for Options {
             data: layout::DATA_PARTITION.into(),
             init: "/sbin/init".into(),
             debug: false,
+            install: None,
         }
     }
 }
@@ -30,6 +34,7 @@ impl Default for Options {
 /// the kernel.
 pub fn parse(cmdline: &str) -> Result<Options, String> {
     let mut o = Options::default();
+    let mut install_rules = crate::install::target::Rules::default();
     for word in split(cmdline) {
         if word == "--" {
             break;
@@ -51,17 +56,23 @@ pub fn parse(cmdline: &str) -> Result<Options, String> {
                     return Err(format!("kiln.init={} is not an absolute path", o.init));
                 }
             }
-            "kiln.debug" => {
-                o.debug = match value {
-                    None | Some("1" | "yes" | "true" | "on") => true,
-                    Some("0" | "no" | "false" | "off") => false,
-                    Some(v) => {
-                        return Err(format!("kiln.debug={v}: use kiln.debug or kiln.debug=0"))
-                    }
+            "kiln.debug" => o.debug = flag(key, value)?,
+            "kiln.install" => {
+                if flag(key, value)? {
+                    o.install.get_or_insert_with(Default::default);
+                } else {
+                    o.install = None;
                 }
             }
+            "kiln.install.device" => install_rules.device = Some(text(value)?),
+            "kiln.install.wipe" => install_rules.wipe = flag(key, value)?,
             _ => {}
         }
+    }
+    if let Some(rules) = &mut o.install {
+        *rules = install_rules;
+    } else if install_rules != Default::default() {
+        return Err("kiln.install.device and kiln.install.wipe need kiln.install".into());
     }
     if o.root == o.data {
         return Err(format!(
@@ -70,6 +81,15 @@ pub fn parse(cmdline: &str) -> Result<Options, String> {
         ));
     }
     Ok(o)
+}
+
+/// `key`, `key=1` (or yes, true, on) and `key=0` (or no, false, off).
+fn flag(key: &str, value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("1" | "yes" | "true" | "on") => Ok(true),
+        Some("0" | "no" | "false" | "off") => Ok(false),
+        Some(v) => Err(format!("{key}={v}: use {key} or {key}=0")),
+    }
 }
 
 /// Splits like the kernel: on whitespace, except inside double quotes, which
@@ -125,6 +145,7 @@ mod tests {
                 data: "my data".into(),
                 init: "/lib/systemd/systemd".into(),
                 debug: true,
+                install: None,
             }
         );
         assert!(!parse("kiln.debug kiln.debug=0").unwrap().debug);
@@ -143,6 +164,29 @@ mod tests {
             .contains("absolute"));
         assert!(parse("kiln.debug=maybe").is_err());
         assert!(parse("kiln.root=kiln-data").unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn reads_installer_options() {
+        use crate::install::target::Rules;
+        assert_eq!(parse("kiln.debug").unwrap().install, None);
+        assert_eq!(
+            parse("kiln.install").unwrap().install,
+            Some(Rules::default())
+        );
+        assert_eq!(
+            parse("kiln.install kiln.install.device=/dev/sda kiln.install.wipe=1")
+                .unwrap()
+                .install,
+            Some(Rules {
+                device: Some("/dev/sda".into()),
+                wipe: true
+            })
+        );
+        assert!(parse("kiln.install.wipe")
+            .unwrap_err()
+            .contains("need kiln.install"));
+        assert!(parse("kiln.install kiln.install.wipe=maybe").is_err());
     }
 
     #[test]

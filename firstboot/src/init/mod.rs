@@ -4,7 +4,9 @@
 //!
 //! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs);
 //! 2. read the `kiln.*` options from `/proc/cmdline` ([`cmdline`]);
-//! 3. load the initramfs modules, in the listed order ([`modules`]);
+//! 3. load the initramfs modules, in the listed order ([`modules`]); on an
+//!    installer stick (`kiln.install`), run [`crate::install`] instead of
+//!    the steps below;
 //! 4. wait (up to 30 s) for the root and data partitions, found by GPT
 //!    partition name ([`sysfs`]); meanwhile repair a kiln disk whose primary
 //!    table a power cut broke (`repair.rs`);
@@ -105,6 +107,9 @@ fn boot() -> Step<Infallible> {
     ));
     debug(format_args!("kernel command line: {}", text.trim()));
     load_modules();
+    if let Some(rules) = &opts.install {
+        return crate::install::run(rules);
+    }
     let (root, data) = find_partitions(&opts)?;
     grow::data_partition(&data, &opts.data)?;
     mount_root_and_data(&root, &data)?;
