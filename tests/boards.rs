@@ -2,25 +2,28 @@
 //! structurally (partition table, boot files where the firmware looks,
 //! initramfs modules, firmware), and what QEMU can run is booted.
 //!
-//! The NUC: the self-test image, built once.
+//! The NUC: the self-test image and its installer stick, built once; the
+//! stick installs onto an empty NVMe under OVMF, then the NVMe boots alone.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use kiln_node::layout;
 
+use crate::boot::{boot, check_first_boot, facts, Expected, BOOT_ARGS, DISK_BYTES, NODE_AT_BOOT};
 use crate::util::{
-    build_selftest_with, cpio_file, fat_file, partition, plain_cpio_file, split_initrd,
-    squashfs_paths, BuiltImage,
+    build_selftest_with, copy_image, cpio_file, fat_file, partition, plain_cpio_file, scratch,
+    split_initrd, squashfs_paths, BuiltImage,
 };
 
-/// The NUC self-test image, built once per run.
+/// The NUC self-test image and its installer, built once per run.
 fn nuc() -> &'static (BuiltImage, PathBuf) {
     static NUC: OnceLock<(BuiltImage, PathBuf)> = OnceLock::new();
     NUC.get_or_init(|| {
-        let built = build_selftest_with("nuc", "selftest-build-nuc", &[]);
-        let image = built.image.clone();
-        (built, image)
+        let built = build_selftest_with("nuc", "selftest-build-nuc", &["--installer"]);
+        let installer = built.image.with_file_name("kiln-selftest-installer.img");
+        assert!(installer.is_file(), "no installer image next to the image");
+        (built, installer)
     })
 }
 
@@ -88,4 +91,76 @@ fn nuc_image_carries_its_drivers_firmware_and_microcode() {
             "root lacks {what} ({prefix}*)"
         );
     }
+}
+
+/// The installer stick under OVMF on USB (xHCI) with an empty 2 GiB NVMe:
+/// it picks the NVMe, writes and verifies the image, puts the node config
+/// on its boot partition and powers off. Then the NVMe boots alone to a
+/// ready node with that config, its data partition grown to the NVMe.
+#[test]
+fn nuc_installer_installs_onto_nvme_which_then_boots() {
+    let (_, installer) = nuc();
+    let dir = scratch("boot-nuc-installer");
+    let stick = copy_image(installer, &dir);
+    let nvme = dir.join("nvme.img");
+    std::fs::File::create(&nvme)
+        .unwrap()
+        .set_len(DISK_BYTES)
+        .unwrap();
+    let node = dir.join("node.yaml");
+    std::fs::write(&node, NODE_AT_BOOT).unwrap();
+
+    let nvme_arg = nvme.to_string_lossy().into_owned();
+    let (r, console) = boot(
+        &stick,
+        Some(&node),
+        &["--install-to", &nvme_arg, "--timeout", "600"],
+    );
+    assert_eq!(r.code, Some(0), "install failed: {}\n{console}", r.stderr);
+    for line in [
+        "kiln-init: install: booted from /dev/sda (payload /dev/sda2)",
+        "kiln-init: install: node.yaml on the installer is valid",
+        "kiln-init: install: disk /dev/nvme0n1 (2048 MiB): the target",
+        "kiln-init: install: disk /dev/sda (",
+        "): the installer's own disk, never written",
+        "kiln-init: install: image written and verified on /dev/nvme0n1",
+        "kiln-init: install: node.yaml written to /dev/nvme0n1p1",
+        "kiln-init: install: done: kiln installed on /dev/nvme0n1",
+    ] {
+        assert!(console.contains(line), "installer console lacks {line:?}");
+    }
+    eprintln!("nuc installer: {}", r.stderr.trim());
+
+    // The NVMe alone, as the NUC boots once the stick is out.
+    let (r, console) = boot(
+        &nvme,
+        None,
+        &[&["--board", "nuc"][..], &BOOT_ARGS[..]].concat(),
+    );
+    assert_eq!(r.code, Some(0), "NVMe boot failed: {}\n{console}", r.stderr);
+    assert!(console.contains("kiln-init: found kiln-root-a at /dev/nvme0n1p2"));
+    check_first_boot(
+        &console,
+        &Expected {
+            source: "boot partition node.yaml",
+            machine: "x86_64",
+        },
+    );
+    assert!(facts(&console)["var-mount"].starts_with("/dev/nvme0n1p4 "));
+    eprintln!("nuc from NVMe: {}", r.stderr.trim());
+}
+
+#[test]
+fn install_to_a_missing_disk_says_how_to_make_one() {
+    let dir = scratch("install-to-missing");
+    let stick = dir.join("stick.img");
+    std::fs::write(&stick, [0u8; 4096]).unwrap();
+    crate::util::run(
+        crate::util::kiln()
+            .arg("boot")
+            .arg(&stick)
+            .args(["--board", "nuc", "--install-to"])
+            .arg(dir.join("nvme.img")),
+    )
+    .failure(3, "nvme.img not found; create it first (truncate -s 2G ");
 }

@@ -12,18 +12,18 @@ use crate::util::{copy_image, kiln, qemu_lock, run, scratch, selftest_image, Run
 
 /// Disk size the tests "flash" the image to: bigger than the image, so the
 /// data partition has room to grow.
-const DISK_BYTES: u64 = 2 << 30;
+pub(crate) const DISK_BYTES: u64 = 2 << 30;
 
 /// The node config passed at boot (`--node`: fw_cfg, or node.yaml on the
 /// boot partition). It differs from the one baked into the image
 /// (tests/fixtures/selftest/node.yaml) only in the hostname, so the
 /// hostname tells which one the node applied.
-const NODE_AT_BOOT: &str = "role: server\ncluster-init: true\nhostname: kiln-test-1\n\
+pub(crate) const NODE_AT_BOOT: &str = "role: server\ncluster-init: true\nhostname: kiln-test-1\n\
     token: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n";
 
 /// Waits for readiness and the self-test report, then for the guest to
 /// power off (the report's last act), so the disk is clean for a reboot.
-const BOOT_ARGS: [&str; 7] = [
+pub(crate) const BOOT_ARGS: [&str; 7] = [
     "--timeout",
     "420",
     "--wait-exit",
@@ -33,7 +33,7 @@ const BOOT_ARGS: [&str; 7] = [
     "selftest: done",
 ];
 
-fn boot(image: &Path, node: Option<&Path>, extra: &[&str]) -> (Run, String) {
+pub(crate) fn boot(image: &Path, node: Option<&Path>, extra: &[&str]) -> (Run, String) {
     let _one_vm_at_a_time = qemu_lock();
     let log = image.with_extension("boot.log");
     let mut cmd = kiln();
@@ -105,11 +105,11 @@ fn first_boot(board: &str) -> (PathBuf, String) {
 }
 
 /// What differs between boards in a first boot.
-struct Expected {
+pub(crate) struct Expected {
     /// Where kiln-firstboot says the node config came from.
-    source: &'static str,
+    pub source: &'static str,
     /// `uname -m` in the guest.
-    machine: &'static str,
+    pub machine: &'static str,
 }
 
 fn machine(arch: Arch) -> &'static str {
@@ -125,7 +125,7 @@ fn machine(arch: Arch) -> &'static str {
 /// the node config applied (hostname, config.yaml, file modes), the k3s
 /// double labelled, no failed unit, and nothing left from a boot before.
 #[track_caller]
-fn check_first_boot(console: &str, expected: &Expected) {
+pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
     let f = facts(console);
     assert_eq!(f["machine"], expected.machine, "the board's arch booted");
     assert!(

@@ -72,6 +72,12 @@ pub struct BootCmd {
     /// Don't echo the console.
     #[arg(long)]
     pub no_echo: bool,
+    /// IMAGE is an installer stick (`kiln build --installer`): boot it from
+    /// USB with DISK (an existing file, e.g. `truncate -s 2G nvme.img`)
+    /// attached as the board's disk, and wait until the installer wrote the
+    /// image to it and powered off. --node goes onto the stick.
+    #[arg(long, value_name = "DISK")]
+    pub install_to: Option<PathBuf>,
 }
 
 impl BootCmd {
@@ -143,8 +149,19 @@ impl BootCmd {
                 file.set_len(size).context("growing the image")?;
             }
         }
-        let fw_cfg_node = match (&self.node, q.node_config) {
-            (Some(node), QemuNodeConfig::BootPartition) => {
+        if let Some(disk) = &self.install_to {
+            if !disk.is_file() {
+                bail!(
+                    "target disk {} not found; create it first (truncate -s 2G {})",
+                    disk.display(),
+                    disk.display()
+                );
+            }
+        }
+        let node_on_disk =
+            q.node_config == QemuNodeConfig::BootPartition || self.install_to.is_some();
+        let fw_cfg_node = match (&self.node, node_on_disk) {
+            (Some(node), true) => {
                 let bytes =
                     std::fs::read(node).with_context(|| format!("reading {}", node.display()))?;
                 crate::boot::node_file::put(&self.image, &bytes)
@@ -178,6 +195,22 @@ impl BootCmd {
                 );
             }
         }
+        // An installer boots from a USB stick and writes the board's disk.
+        let (disk_device, extra_args) = match &self.install_to {
+            Some(disk) => (
+                "usb-storage".to_string(),
+                vec![
+                    "-drive".to_string(),
+                    format!(
+                        "file={},format=raw,if=none,id=target",
+                        disk.to_string_lossy().replace(',', ",,")
+                    ),
+                    "-device".to_string(),
+                    format!("{},drive=target", q.disk_device),
+                ],
+            ),
+            None => (q.disk_device.clone(), Vec::new()),
+        };
         let cfg = QemuConfig {
             binary: q.binary.clone(),
             machine: q.machine.clone(),
@@ -185,15 +218,15 @@ impl BootCmd {
             memory_mib: q.memory_mib,
             smp: q.smp,
             firmware,
-            disk_device: q.disk_device.clone(),
+            disk_device,
             net_device: q.net_device.clone(),
             console_serial: q.console_serial,
-            extra_args: Vec::new(),
+            extra_args,
         };
-        let expect = if self.expect.is_empty() {
-            vec!["kiln: node ready".to_string()]
-        } else {
-            self.expect.clone()
+        let expect = match (self.expect.is_empty(), &self.install_to) {
+            (false, _) => self.expect.clone(),
+            (true, Some(_)) => vec![INSTALL_DONE.to_string()],
+            (true, None) => vec!["kiln: node ready".to_string()],
         };
         let req = BootRequest {
             image: self.image.clone(),
@@ -213,7 +246,8 @@ impl BootCmd {
                 .log
                 .clone()
                 .unwrap_or_else(|| self.image.with_extension("console.log")),
-            wait_exit: self.wait_exit,
+            // The installer powers off when done.
+            wait_exit: self.wait_exit || self.install_to.is_some(),
             verbose: !self.no_echo,
         };
         qemu::boot(&cfg, &req).map_err(|e| {
@@ -225,6 +259,9 @@ impl BootCmd {
         })
     }
 }
+
+/// The installer's last line before it powers off.
+const INSTALL_DONE: &str = "kiln-init: install: done";
 
 /// Console text that means the boot cannot succeed: stop at once rather
 /// than wait for the timeout (the firmware adds its own prompt).

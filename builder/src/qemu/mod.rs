@@ -217,7 +217,13 @@ pub fn command_line(cfg: &QemuConfig, req: &BootRequest, flash1: Option<&Path>) 
             Firmware::Kernel { .. } => "",
             _ => ",bootindex=0",
         };
-        push(&["-device", &format!("{},drive=d0{index}", cfg.disk_device)]);
+        let mut device = cfg.disk_device.clone();
+        if device.starts_with("usb-storage") {
+            // A USB stick needs a host controller: xHCI, as on current PCs.
+            push(&["-device", "qemu-xhci,id=xhci"]);
+            device.push_str(",bus=xhci.0");
+        }
+        push(&["-device", &format!("{device},drive=d0{index}")]);
     }
     if let Some(model) = &cfg.net_device {
         let nic = net::args(model, &req.nic);
@@ -573,6 +579,27 @@ mod tests {
             wait_exit: false,
             verbose: false,
         }
+    }
+
+    #[test]
+    fn usb_stick_gets_an_xhci_controller_first() {
+        let mut cfg = x86("/c.fd", "/v.fd");
+        cfg.disk_device = "usb-storage".into();
+        cfg.net_device = None;
+        cfg.extra_args = vec!["-device".into(), "nvme,serial=n0,drive=t".into()];
+        let args = command_line(
+            &cfg,
+            &request(Path::new("/stick.img"), Path::new("/l")),
+            None,
+        );
+        let text = args.join(" ");
+        assert!(
+            text.ends_with(
+                "-drive file=/stick.img,format=raw,if=none,id=d0 -device qemu-xhci,id=xhci \
+                 -device usb-storage,bus=xhci.0,drive=d0,bootindex=0 -device nvme,serial=n0,drive=t"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
