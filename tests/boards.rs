@@ -164,3 +164,87 @@ fn install_to_a_missing_disk_says_how_to_make_one() {
     )
     .failure(3, "nvme.img not found; create it first (truncate -s 2G ");
 }
+
+/// The Jetson Nano SD card: U-Boot's distro boot takes the first
+/// partition (none is marked bootable) and reads extlinux/extlinux.conf
+/// there; the entry names the kernel, the initramfs and the devkit's
+/// device tree, all on that partition. The initramfs reaches the SD card
+/// (Tegra SDHCI, and the PMIC regulators that power it); the root has the
+/// NIC, USB 3 and their firmware.
+#[test]
+fn jetson_nano_sd_card_has_what_u_boot_and_the_kernel_need() {
+    static NANO: OnceLock<BuiltImage> = OnceLock::new();
+    let built =
+        NANO.get_or_init(|| build_selftest_with("jetson-nano", "selftest-build-jetson-nano", &[]));
+    let names = partition_names(&built.image);
+    assert_eq!(
+        names,
+        [
+            layout::ESP_PARTITION,
+            layout::ROOT_A_PARTITION,
+            layout::ROOT_B_PARTITION,
+            layout::DATA_PARTITION
+        ],
+        "the boot partition comes first"
+    );
+    let boot = partition(&built.image, layout::ESP_PARTITION);
+    let conf = String::from_utf8(fat_file(boot.clone(), "extlinux/extlinux.conf")).unwrap();
+    let dtb_path = "dtbs/nvidia/tegra210-p3450-0000.dtb";
+    for line in [
+        "    kernel /kiln/vmlinuz\n",
+        "    initrd /kiln/initrd.img\n",
+        &format!("    fdt /{dtb_path}\n"),
+        "    append console=tty0 console=ttyS0,115200 panic=5 ro kiln.root=kiln-root-a\n",
+    ] {
+        assert!(conf.contains(line), "extlinux.conf lacks {line:?}:\n{conf}");
+    }
+    let dtb = fat_file(boot.clone(), dtb_path);
+    assert!(dtb.starts_with(&[0xd0, 0x0d, 0xfe, 0xed]), "not an FDT");
+    assert!(
+        dtb.windows(17).any(|w| w == b"nvidia,p3450-0000"),
+        "not the Nano devkit's device tree"
+    );
+    let kernel = fat_file(boot.clone(), "kiln/vmlinuz");
+    assert_eq!(&kernel[56..60], b"ARM\x64", "an arm64 Image");
+
+    let initrd = fat_file(boot, "kiln/initrd.img");
+    let list = String::from_utf8(cpio_file(&initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
+    for module in [
+        "i2c-tegra",
+        "max77620-regulator",
+        "sdhci-tegra",
+        "ext4",
+        "vfat",
+        "squashfs",
+        "overlay",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
+            "initramfs lacks {module}:\n{list}"
+        );
+    }
+    let root = squashfs_paths(&partition(&built.image, layout::ROOT_A_PARTITION));
+    for module in ["r8169", "xhci-tegra", "phy-tegra-xusb"] {
+        assert!(
+            root.iter().any(|p| p.ends_with(&format!("/{module}.ko"))),
+            "root lacks module {module}"
+        );
+    }
+    for firmware in [
+        "/usr/lib/firmware/nvidia/tegra210/xusb.bin",
+        "/usr/lib/firmware/rtl_nic/rtl8168",
+    ] {
+        assert!(
+            root.iter().any(|p| p.starts_with(firmware)),
+            "root lacks {firmware}"
+        );
+    }
+}
+
+/// GPT partition names in table order.
+fn partition_names(image: &std::path::Path) -> Vec<String> {
+    let mut file = std::fs::File::open(image).unwrap();
+    let sectors = file.metadata().unwrap().len() / 512;
+    let table = kiln_node::gpt::read(&mut file, sectors).unwrap();
+    table.partitions.into_iter().map(|p| p.name).collect()
+}

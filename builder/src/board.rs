@@ -141,6 +141,11 @@ pub struct Kernel {
     pub package: String,
     /// Kernel command line; kiln adds its own `kiln.*` keys.
     pub cmdline: String,
+    /// Device tree the boot loader hands the kernel, from the kernel
+    /// package's `/usr/lib/linux-image-<version>/` (e.g.
+    /// `nvidia/tegra210-p3450-0000.dtb`); none: the firmware's own.
+    #[serde(default)]
+    pub dtb: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -138,10 +138,18 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
             plan.board.kernel.cmdline,
             layout::ROOT_A_PARTITION
         );
+        let dtb = match &plan.board.kernel.dtb {
+            Some(path) => Some((
+                path.as_str(),
+                board_dtb(&root.tree, &root.kernel.version, path)?,
+            )),
+            None => None,
+        };
         let input = BootInput {
             kernel: &root.kernel.image,
             initrd: &initrd,
             cmdline,
+            dtb: dtb.as_ref().map(|(path, data)| boot::Dtb { path, data }),
         };
         let files = boot::boot_files(plan.board.boot, &mut root.tree, arch, &input)?;
         let volume = plan.derive("esp-volume-id");
@@ -242,6 +250,18 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         stages: stages.times,
         warnings,
     })
+}
+
+/// The board's device tree from the kernel package's DTB directory.
+fn board_dtb(tree: &crate::rootfs::tree::Tree, version: &str, path: &str) -> Result<Vec<u8>> {
+    let full = format!("usr/lib/linux-image-{version}/{path}");
+    let data = tree.file_data(&full).with_context(|| {
+        format!("the board's dtb {path} is not in the kernel package (no /{full}); check kernel.dtb in the board file")
+    })?;
+    if !data.starts_with(&[0xd0, 0x0d, 0xfe, 0xed]) {
+        bail!("/{full} is not a device tree blob (no FDT magic)");
+    }
+    Ok(data.to_vec())
 }
 
 /// The early microcode cpio from the microcode package's files in the root.

@@ -24,7 +24,6 @@ use kiln_node::gpt::{types, Guid};
 use kiln_node::install::payload;
 use kiln_node::layout;
 
-use crate::boot::uefi;
 use crate::build::{read_sidecar, write_sidecar};
 use crate::disk::layout::{place, PartitionPlan};
 use crate::fs::fat::{self, FatFile};
@@ -61,7 +60,7 @@ pub fn stick_files(
         .map(|f| FatFile {
             path: f.path.clone(),
             data: if f.path == entry {
-                uefi::entry(cmdline).into_bytes()
+                with_options(&f.data, cmdline).into_bytes()
             } else {
                 f.data.clone()
             },
@@ -73,6 +72,21 @@ pub fn stick_files(
     });
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// A loader entry with its `options` line replaced (the rest, such as a
+/// `devicetree` line, kept).
+fn with_options(entry: &[u8], cmdline: &str) -> String {
+    String::from_utf8_lossy(entry)
+        .lines()
+        .map(|l| {
+            if l.starts_with("options ") {
+                format!("options {cmdline}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
 }
 
 /// Writes `<name>-installer.img` (and its `.json`) next to `image`.
@@ -159,6 +173,7 @@ fn copy_ranges(source: &mut File, out: &mut File, base: u64, map: &payload::Map)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::uefi;
 
     #[test]
     fn cmdline_carries_the_rules() {
@@ -186,7 +201,11 @@ mod tests {
             },
             FatFile {
                 path: "loader/entries/kiln.conf".into(),
-                data: uefi::entry("console=ttyS0 ro kiln.root=kiln-root-a").into_bytes(),
+                data: uefi::entry_with(
+                    "console=ttyS0 ro kiln.root=kiln-root-a",
+                    Some("dtbs/x.dtb".into()),
+                )
+                .into_bytes(),
             },
         ];
         let map = payload::Map {
@@ -209,6 +228,7 @@ mod tests {
             "{entry}"
         );
         assert!(!entry.contains("kiln.root"), "{entry}");
+        assert!(entry.contains("devicetree /dtbs/x.dtb\n"), "{entry}");
         assert_eq!(
             String::from_utf8(files[1].data.clone()).unwrap(),
             "kiln-payload 1\nimage-bytes 4194304\n"

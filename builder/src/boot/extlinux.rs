@@ -2,7 +2,8 @@
 //! each disk for `extlinux/extlinux.conf` (the syslinux format) and boots
 //! the one entry it finds. U-Boot itself is the board's firmware (on QEMU's
 //! `virt` machine, Debian's `u-boot-qemu` as `-bios`); it hands the kernel
-//! its own device tree, so the boot partition needs no DTB.
+//! its own device tree unless the board names a DTB, which then goes on the
+//! boot partition with an `fdt` line (the Jetson Nano).
 
 use anyhow::Result;
 
@@ -15,7 +16,7 @@ pub fn boot_files(input: &BootInput) -> Result<BootFiles> {
     let mut files = vec![
         FatFile {
             path: "extlinux/extlinux.conf".into(),
-            data: config(&input.cmdline).into_bytes(),
+            data: config(&input.cmdline, input.dtb.as_ref().map(|d| d.boot_path())).into_bytes(),
         },
         FatFile {
             path: "kiln/initrd.img".into(),
@@ -26,13 +27,15 @@ pub fn boot_files(input: &BootInput) -> Result<BootFiles> {
             data: input.kernel.to_vec(),
         },
     ];
+    files.extend(input.dtb.as_ref().map(|d| d.file()));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
 
 /// One entry, no menu: without `prompt`, U-Boot boots the default label at
 /// once.
-pub fn config(cmdline: &str) -> String {
+pub fn config(cmdline: &str, dtb: Option<String>) -> String {
+    let fdt = dtb.map_or(String::new(), |d| format!("    fdt /{d}\n"));
     format!(
         "# kiln: read by U-Boot's distro boot\n\
          default kiln\n\
@@ -41,7 +44,7 @@ pub fn config(cmdline: &str) -> String {
          label kiln\n\
          \x20   kernel /kiln/vmlinuz\n\
          \x20   initrd /kiln/initrd.img\n\
-         \x20   append {cmdline}\n"
+         {fdt}\x20   append {cmdline}\n"
     )
 }
 
@@ -55,6 +58,7 @@ mod tests {
             kernel: b"K",
             initrd: b"I",
             cmdline: "console=ttyAMA0,115200 kiln.root=kiln-root-a".into(),
+            dtb: None,
         };
         let files = boot_files(&input).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -67,6 +71,35 @@ mod tests {
             "# kiln: read by U-Boot's distro boot\ndefault kiln\nprompt 0\n\nlabel kiln\n    \
              kernel /kiln/vmlinuz\n    initrd /kiln/initrd.img\n    \
              append console=ttyAMA0,115200 kiln.root=kiln-root-a\n"
+        );
+    }
+
+    #[test]
+    fn a_board_dtb_goes_on_the_partition_with_an_fdt_line() {
+        let input = BootInput {
+            kernel: b"K",
+            initrd: b"I",
+            cmdline: "console=ttyS0,115200".into(),
+            dtb: Some(super::super::Dtb {
+                path: "nvidia/tegra210-p3450-0000.dtb",
+                data: b"\xd0\x0d\xfe\xed",
+            }),
+        };
+        let files = boot_files(&input).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "dtbs/nvidia/tegra210-p3450-0000.dtb",
+                "extlinux/extlinux.conf",
+                "kiln/initrd.img",
+                "kiln/vmlinuz"
+            ]
+        );
+        let conf = String::from_utf8(files[1].data.clone()).unwrap();
+        assert!(
+            conf.contains("    initrd /kiln/initrd.img\n    fdt /dtbs/nvidia/tegra210-p3450-0000.dtb\n    append "),
+            "{conf}"
         );
     }
 }

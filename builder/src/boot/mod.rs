@@ -20,6 +20,31 @@ pub struct BootInput<'a> {
     pub initrd: &'a [u8],
     /// Kernel command line: the board's, plus kiln's keys.
     pub cmdline: String,
+    /// A device tree for the firmware to hand the kernel (boards whose
+    /// firmware has none of its own, or an unsuitable one).
+    pub dtb: Option<Dtb<'a>>,
+}
+
+/// A device tree blob and its path below `dtbs/` on the boot partition
+/// (`nvidia/tegra210-p3450-0000.dtb`).
+pub struct Dtb<'a> {
+    pub path: &'a str,
+    pub data: &'a [u8],
+}
+
+impl Dtb<'_> {
+    /// Where it lies on the boot partition.
+    pub fn boot_path(&self) -> String {
+        format!("dtbs/{}", self.path)
+    }
+
+    /// The boot partition file.
+    pub fn file(&self) -> FatFile {
+        FatFile {
+            path: self.boot_path(),
+            data: self.data.to_vec(),
+        }
+    }
 }
 
 /// Boot partition files, sorted by path.

@@ -42,9 +42,11 @@ pub fn esp_files(tree: &mut Tree, arch: Arch, input: &BootInput) -> Result<BootF
         },
         FatFile {
             path: "loader/entries/kiln.conf".into(),
-            data: entry(&input.cmdline).into_bytes(),
+            data: entry_with(&input.cmdline, input.dtb.as_ref().map(|d| d.boot_path()))
+                .into_bytes(),
         },
     ];
+    files.extend(input.dtb.as_ref().map(|d| d.file()));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
@@ -56,7 +58,16 @@ pub fn loader_conf() -> String {
 }
 
 pub fn entry(cmdline: &str) -> String {
-    format!("title kiln\nlinux /kiln/vmlinuz\ninitrd /kiln/initrd.img\noptions {cmdline}\n")
+    entry_with(cmdline, None)
+}
+
+/// The loader entry; `devicetree` makes systemd-boot install that DTB for
+/// the kernel (UEFI firmware on ARM boards may carry none or an old one).
+pub fn entry_with(cmdline: &str, dtb: Option<String>) -> String {
+    let devicetree = dtb.map_or(String::new(), |d| format!("devicetree /{d}\n"));
+    format!(
+        "title kiln\nlinux /kiln/vmlinuz\ninitrd /kiln/initrd.img\n{devicetree}options {cmdline}\n"
+    )
 }
 
 #[cfg(test)]
@@ -75,6 +86,7 @@ mod tests {
             kernel: b"K",
             initrd: b"I",
             cmdline: "console=ttyS0".into(),
+            dtb: None,
         };
         let files = esp_files(&mut tree, Arch::Amd64, &input).unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
