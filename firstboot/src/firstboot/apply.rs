@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::files::{self, FileWrite};
 use super::fsutil::{ensure_dir, replace_symlink, write_atomic, Written};
-use super::{identity, io_context, say, Error, Options, HOSTNAME_FILE, LOCALTIME, TIMEZONE_FILE};
+use super::{
+    identity, io_context, say, Error, Options, HOSTNAME_FILE, LOCALTIME, TIMESYNCD_DROPIN,
+    TIMEZONE_FILE,
+};
 use crate::config::{self, redact_url, Match, NodeConfig, NodeDoc, Role, Selected};
 use crate::datasource::{self, Datasource};
 use crate::layout::{FIRSTBOOT_DONE, PERSISTED_NODE_CONFIG};
@@ -54,7 +57,9 @@ pub fn apply(
     }
     timezone(opts, &config, out)?;
     for f in &planned {
-        write(opts, f, out)?;
+        if write(opts, f, out)? == Written::Changed && f.path == TIMESYNCD_DROPIN {
+            restart_timesyncd(opts, out);
+        }
     }
     if first_boot {
         // The saved copy first, the marker last: a power cut in between
@@ -138,7 +143,7 @@ fn role_line(c: &NodeConfig) -> String {
     }
 }
 
-fn write(opts: &Options, f: &FileWrite, out: &mut dyn Write) -> Result<(), Error> {
+fn write(opts: &Options, f: &FileWrite, out: &mut dyn Write) -> Result<Written, Error> {
     let path = opts.path(&f.path);
     if let (Some(mode), Some(dir)) = (f.private_dir, path.parent()) {
         ensure_dir(dir, mode)
@@ -154,7 +159,27 @@ fn write(opts: &Options, f: &FileWrite, out: &mut dyn Write) -> Result<(), Error
         Some(label) => say(out, format!("{label}: {what}")),
         None => say(out, what),
     }
-    Ok(())
+    Ok(done)
+}
+
+/// systemd-timesyncd starts before this service can run (it is ordered
+/// before sysinit.target): a changed NTP drop-in needs a restart to count.
+/// `--no-block`: waiting for a job from inside boot could deadlock.
+fn restart_timesyncd(opts: &Options, out: &mut dyn Write) {
+    if !opts.live {
+        return;
+    }
+    let status = std::process::Command::new("systemctl")
+        .args(["--no-block", "try-restart", "systemd-timesyncd.service"])
+        .status();
+    match status {
+        Ok(s) if s.success() => say(out, "ntp: restarting systemd-timesyncd"),
+        Ok(s) => say(
+            out,
+            format!("warning: restarting systemd-timesyncd: systemctl {s}"),
+        ),
+        Err(e) => say(out, format!("warning: restarting systemd-timesyncd: {e}")),
+    }
 }
 
 /// `/etc/hostname`, and the running hostname when live.
