@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use kiln::board::{Arch, Board, QemuNodeConfig};
 
-use crate::util::{copy_image, kiln, qemu_lock, run, scratch, selftest_image, Run};
+use sha2::{Digest, Sha256};
+
+use crate::util::{copy_image, fixture, kiln, qemu_lock, run, scratch, selftest_image, Run};
 
 /// Disk size the tests "flash" the image to: bigger than the image, so the
 /// data partition has room to grow.
@@ -179,6 +181,22 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
         f["kubeconfig-mode"], "640",
         "write-kubeconfig-mode honoured"
     );
+    // The spec's air-gap tarball, linked from the read-only root into
+    // k3s's images directory by the first boot, with the bytes built in.
+    assert_eq!(f["airgap-images"], "kiln-selftest-images.tar");
+    assert_eq!(
+        f["airgap-link"],
+        "/usr/lib/kiln/airgap-images/kiln-selftest-images.tar"
+    );
+    let tarball = std::fs::read(fixture("selftest/kiln-selftest-images.tar")).unwrap();
+    let sum: String = Sha256::digest(&tarball)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(f["airgap-sha256"], sum);
+    assert!(console.contains(
+        "kiln: air-gap image kiln-selftest-images.tar: linked in /var/lib/rancher/k3s/agent/images"
+    ));
     assert_eq!(f["os-release-k3s"], "K3S=\"test-double\"");
     assert_eq!(f["failed-units"], "", "no systemd unit may fail");
     assert_eq!(

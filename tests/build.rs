@@ -93,6 +93,38 @@ fn bad_k3s_checksum_is_refused() {
 }
 
 #[test]
+fn missing_or_wrong_airgap_image_is_refused() {
+    let zeros = "0".repeat(64);
+    let spec = format!(
+        "board: qemu-x86_64\nk3s: {{test-double: true}}\nairgap-images:\n  - {{path: images.tar.zst, sha256: {zeros}}}\n"
+    );
+    let (r, dir) = build_spec("airgap-missing", &spec, &[]);
+    r.failure(1, "reading air-gap image ").failure(
+        1,
+        "images.tar.zst; paths in airgap-images are relative to the spec",
+    );
+    assert_no_image(&dir);
+    let (r, dir) = build_spec(
+        "airgap-checksum",
+        &spec,
+        &[("images.tar.zst", b"not these")],
+    );
+    r.failure(1, "checksum mismatch for air-gap image ")
+        .failure(1, &format!("expected sha256 {zeros}, got "))
+        .failure(1, "check airgap-images in the spec or the file");
+    assert_no_image(&dir);
+    let spec = format!(
+        "board: qemu-x86_64\nk3s: {{test-double: true}}\nairgap-images:\n  - {{path: images.zip, sha256: {zeros}}}\n"
+    );
+    let (r, dir) = build_spec("airgap-suffix", &spec, &[]);
+    r.failure(
+        1,
+        "spec.yaml:3:1: air-gap image `images.zip` is not a tarball k3s imports",
+    );
+    assert_no_image(&dir);
+}
+
+#[test]
 fn invalid_baked_node_config_is_refused() {
     let spec = "board: qemu-x86_64\nk3s: {test-double: true}\nnode-file: node.yaml\n";
     let (r, dir) = build_spec("bad-baked-node", spec, &[("node.yaml", b"role: agent\n")]);

@@ -91,6 +91,15 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         for tool in ["kubectl", "crictl", "ctr"] {
             files.push((format!("usr/bin/{tool}"), Node::symlink("k3s")));
         }
+        for (name, data) in &plan.airgap_images {
+            files.push((
+                format!(
+                    "{}/{name}",
+                    layout::AIRGAP_IMAGES_DIR.trim_start_matches('/')
+                ),
+                Node::file(data.clone(), 0o644),
+            ));
+        }
         if let Some(node) = &plan.baked_node {
             files.push((
                 layout::BAKED_NODE_CONFIG.trim_start_matches('/').into(),
@@ -381,7 +390,12 @@ fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
                 )
             })?;
             if let Some(want) = sha256 {
-                check_sha256(&data, want, &path.display().to_string())?;
+                check_sha256(
+                    &data,
+                    want,
+                    &format!("k3s binary {}", path.display()),
+                    "k3s.sha256",
+                )?;
             }
             (data, version.clone())
         }
@@ -396,7 +410,7 @@ fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
                 .with_context(|| format!("downloading k3s from {url}"))?;
             std::io::Read::read_to_end(&mut response.into_reader(), &mut data)
                 .with_context(|| format!("downloading k3s from {url}"))?;
-            check_sha256(&data, sha256, url)?;
+            check_sha256(&data, sha256, &format!("k3s binary {url}"), "k3s.sha256")?;
             (data, version.clone())
         }
     };
@@ -413,10 +427,12 @@ fn k3s_binary(plan: &K3sPlan, bins: &NodeBinaries) -> Result<K3sBinary> {
     })
 }
 
-fn check_sha256(data: &[u8], want: &str, what: &str) -> Result<()> {
+/// Checks `data` against the spec's `want` (hex); `key` is the spec key to
+/// fix.
+pub(crate) fn check_sha256(data: &[u8], want: &str, what: &str, key: &str) -> Result<()> {
     let got = hex(&<sha2::Sha256 as sha2::Digest>::digest(data));
     if !got.eq_ignore_ascii_case(want) {
-        bail!("checksum mismatch for k3s binary {what}: expected sha256 {want}, got {got}; check k3s.sha256 in the spec or the file");
+        bail!("checksum mismatch for {what}: expected sha256 {want}, got {got}; check {key} in the spec or the file");
     }
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct BuildPlan {
     pub k3s: K3sPlan,
     /// Validated node config to bake in, as written.
     pub baked_node: Option<Vec<u8>>,
+    /// Air-gap image tarballs (file name, checked bytes), in spec order.
+    pub airgap_images: Vec<(String, Vec<u8>)>,
     pub mirror: Option<String>,
     pub epoch: u64,
     pub out_dir: PathBuf,
@@ -157,6 +159,25 @@ impl BuildPlan {
                 .map_err(|e| anyhow::anyhow!("baked node config is invalid: {e}"))?;
         }
 
+        let mut airgap_images = Vec::new();
+        for image in &spec.airgap_images {
+            let path = spec_dir.join(&image.path);
+            let data = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading air-gap image {}; paths in airgap-images are relative to the spec",
+                    path.display()
+                )
+            })?;
+            crate::build::check_sha256(
+                &data,
+                &image.sha256,
+                &format!("air-gap image {}", path.display()),
+                "airgap-images",
+            )?;
+            let name = image.path.file_name().expect("Spec::parse checks the name");
+            airgap_images.push((name.to_string_lossy().into_owned(), data));
+        }
+
         let epoch = match (spec.source_date_epoch, std::env::var("SOURCE_DATE_EPOCH")) {
             (Some(e), _) => e,
             (None, Ok(e)) => e
@@ -192,6 +213,7 @@ impl BuildPlan {
             overlays,
             k3s,
             baked_node,
+            airgap_images,
             mirror: spec.mirror.clone(),
             epoch,
             out_dir: args.out_dir.clone(),

@@ -28,6 +28,11 @@ pub struct Spec {
     pub node: Option<serde_yaml::Value>,
     /// Node config baked into the image, from a file next to the spec.
     pub node_file: Option<PathBuf>,
+    /// Image tarballs for k3s's air-gap import: baked under
+    /// `/usr/lib/kiln/airgap-images`, linked into k3s's images directory
+    /// on the node.
+    #[serde(default)]
+    pub airgap_images: Vec<AirgapImage>,
     /// Debian mirror URL; default: the host's apt sources.
     pub mirror: Option<String>,
     /// Timestamp clamp for reproducible output; default: a fixed epoch.
@@ -66,6 +71,23 @@ pub struct K3sSource {
     /// Version label for the summary and os-release (e.g. `v1.31.4+k3s1`).
     pub version: Option<String>,
 }
+
+/// One air-gap image tarball; its checksum is required.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AirgapImage {
+    /// The tarball, relative to the spec.
+    pub path: PathBuf,
+    /// Its sha256 (hex), checked at build time.
+    pub sha256: String,
+}
+
+/// The names k3s imports from its images directory (it ignores, with an
+/// error in its log, anything else; `.txt` lists images to pull, which an
+/// air-gapped node cannot).
+pub const AIRGAP_SUFFIXES: &[&str] = &[
+    ".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.bz2", ".tbz", ".tar.lz4",
+];
 
 /// A spec error with its place in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +187,7 @@ impl Spec {
                 ));
             }
             if let Some(sum) = &k3s.sha256 {
-                if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                if !is_sha256(sum) {
                     return Err(err(
                         "sha256",
                         format!("k3s sha256 `{sum}` is not 64 hex digits"),
@@ -186,6 +208,42 @@ impl Spec {
                 ));
             }
         }
+        let mut names = Vec::new();
+        for image in &self.airgap_images {
+            let name = image
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let lower = name.to_ascii_lowercase();
+            if !AIRGAP_SUFFIXES.iter().any(|s| lower.ends_with(s)) {
+                return Err(err(
+                    "airgap-images",
+                    format!(
+                        "air-gap image `{}` is not a tarball k3s imports; name it {}",
+                        image.path.display(),
+                        AIRGAP_SUFFIXES.join(", ")
+                    ),
+                ));
+            }
+            if !is_sha256(&image.sha256) {
+                return Err(err(
+                    "airgap-images",
+                    format!(
+                        "air-gap image `{}`: sha256 `{}` is not 64 hex digits",
+                        image.path.display(),
+                        image.sha256
+                    ),
+                ));
+            }
+            if names.contains(&name) {
+                return Err(err(
+                    "airgap-images",
+                    format!("two air-gap images are named `{name}`; they share one directory on the node"),
+                ));
+            }
+            names.push(name);
+        }
         if self.node.is_some() && self.node_file.is_some() {
             return Err(err(
                 "node-file",
@@ -194,6 +252,10 @@ impl Spec {
         }
         Ok(())
     }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Finds the 1-based line and column of `key:` in YAML text, for errors that
@@ -273,5 +335,42 @@ mod tests {
     fn bad_name_is_rejected() {
         let e = parse("board: b\nname: ../evil\n").unwrap_err();
         assert!(e.message.contains("names the output file"), "{e}");
+    }
+
+    #[test]
+    fn airgap_images_need_a_tarball_name_a_checksum_and_distinct_names() {
+        let sum = "ab".repeat(32);
+        let ok = format!(
+            "board: b\nairgap-images:\n  - path: img/a.tar.zst\n    sha256: {sum}\n  - {{path: b.TAR, sha256: {sum}}}\n"
+        );
+        let s = parse(&ok).unwrap();
+        assert_eq!(s.airgap_images.len(), 2);
+        assert_eq!(s.airgap_images[0].path, Path::new("img/a.tar.zst"));
+        for (text, why, line) in [
+            (
+                format!("board: b\nairgap-images:\n  - {{path: a.zip, sha256: {sum}}}\n"),
+                "air-gap image `a.zip` is not a tarball k3s imports; name it .tar, .tar.gz",
+                2,
+            ),
+            (
+                "board: b\nairgap-images:\n  - {path: a.tar, sha256: 1234}\n".to_string(),
+                "air-gap image `a.tar`: sha256 `1234` is not 64 hex digits",
+                2,
+            ),
+            (
+                format!("board: b\nairgap-images:\n  - {{path: x/a.tar, sha256: {sum}}}\n  - {{path: y/a.tar, sha256: {sum}}}\n"),
+                "two air-gap images are named `a.tar`",
+                2,
+            ),
+            (
+                "board: b\nairgap-images:\n  - {path: a.tar}\n".to_string(),
+                "missing field `sha256`",
+                3,
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.message.contains(why), "{e}");
+            assert_eq!(e.line, Some(line), "{e}");
+        }
     }
 }

@@ -23,6 +23,9 @@ pub const INITRAMFS_MODULE_LIST: &str = "etc/kiln/modules.load";
 
 /// Root image: node config baked in at build time.
 pub const BAKED_NODE_CONFIG: &str = "/usr/lib/kiln/node.yaml";
+/// Root image: air-gap image tarballs (spec `airgap-images`); kiln-firstboot
+/// links each into k3s's `agent/images` directory.
+pub const AIRGAP_IMAGES_DIR: &str = "/usr/lib/kiln/airgap-images";
 /// Data partition: the node config the first boot found, kept for later boots.
 pub const PERSISTED_NODE_CONFIG: &str = "/var/lib/kiln/node.yaml";
 /// Data partition: present once the first boot finished its work.

@@ -61,6 +61,7 @@ pub fn apply(
             restart_timesyncd(opts, out);
         }
     }
+    super::airgap::link_images(opts, &config, out)?;
     if first_boot {
         // The saved copy first, the marker last: a power cut in between
         // just runs the first boot again.

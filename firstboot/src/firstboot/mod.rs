@@ -3,8 +3,8 @@
 //! - [`apply`] (the `kiln-firstboot.service` oneshot): on the first boot,
 //!   find the config (datasources, first match wins), validate it, pick this
 //!   node's entry of a rack file ([`identity`]), apply it (hostname, k3s
-//!   config, registries, manifests, network, NTP, SSH keys, timezone, role
-//!   for `k3s.service`), save the effective config to the data partition
+//!   config, registries, manifests, network, NTP, SSH keys, timezone,
+//!   air-gap images ([`airgap`]), role for `k3s.service`), save the effective config to the data partition
 //!   (0600) and mark the first boot done. Later boots re-apply the saved
 //!   copy, so they do not depend on the datasource any more. Nothing is
 //!   written before the whole config has been checked.
@@ -14,6 +14,7 @@
 //! Every path is taken under [`Options::root`], so tests run on a temp dir.
 //! Each step prints one `kiln: ...` line and checks before it writes.
 
+mod airgap;
 mod apply;
 mod files;
 pub mod fsutil;
