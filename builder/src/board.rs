@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::output::Format;
 use crate::qemu::uboot_env::UBootEnv;
 use crate::spec::SpecError;
 
@@ -30,6 +31,10 @@ pub struct Board {
     /// Packages this board adds to kiln's base set (firmware, tools).
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Directories (relative to kiln's data directory) copied over the root
+    /// after kiln's base overlay and before the spec's.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
     /// Modules `kiln-init` loads to reach the root and data partitions.
     pub initramfs_modules: Vec<String>,
     /// Modules shipped in the root (plus their dependencies); the rest of
@@ -37,6 +42,9 @@ pub struct Board {
     #[serde(default)]
     pub root_modules: Vec<String>,
     pub disk: DiskLayout,
+    /// What `kiln build` writes besides the raw image (`--format` overrides).
+    #[serde(default)]
+    pub outputs: Vec<Format>,
     pub qemu: Option<QemuBoard>,
 }
 
@@ -167,6 +175,9 @@ pub struct QemuBoard {
     pub cpu: Option<String>,
     pub memory_mib: u32,
     pub smp: u32,
+    /// A disk controller (`pvscsi`) the disk hangs off; then `disk_device`
+    /// is the disk on its bus (`scsi-hd`).
+    pub disk_controller: Option<String>,
     pub disk_device: String,
     /// NIC on QEMU's restricted user network; none if absent.
     pub net_device: Option<String>,
@@ -194,6 +205,10 @@ pub enum QemuFirmware {
         #[serde(default)]
         env: Option<UBootEnv>,
     },
+    /// QEMU starts the kernel, initrd and command line of the image's
+    /// systemd-boot entry itself: for disks the firmware QEMU has cannot
+    /// read (Debian's OVMF has no pvscsi driver; VMware's firmware has).
+    EspKernel {},
 }
 
 /// How a node config given at boot reaches the guest under QEMU.

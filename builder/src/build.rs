@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln_node::gpt::{self, Guid};
+use kiln_node::gpt::Guid;
 use kiln_node::layout;
 
 use crate::boot::{self, BootInput};
-use crate::disk::layout::{place, PartitionPlan};
+use crate::disk::layout::place;
 use crate::fs::{ext4, fat, squashfs};
 use crate::nodebin::{self, NodeBinaries};
+use crate::output::{Format, Written};
 use crate::packages::{self, hex, Apt, Package};
 use crate::plan::{BuildPlan, K3sPlan};
 use crate::progress::Stages;
@@ -37,6 +38,8 @@ pub struct BuildReport {
     pub installer: Option<PathBuf>,
     pub stages: Vec<(&'static str, Duration)>,
     pub warnings: Vec<String>,
+    /// What was written besides the raw image.
+    pub outputs: Vec<OutputReport>,
 }
 
 pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
@@ -197,24 +200,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     let image = plan.image_path();
     stages.run("writing the disk image", || {
         let guid = |what: &str| Guid::from_hash(&plan.derive(what));
-        let disk = &plan.board.disk;
-        let root_type = match arch {
-            crate::board::Arch::Amd64 => gpt::types::ROOT_X86_64,
-            crate::board::Arch::Arm64 => gpt::types::ROOT_ARM64,
-            crate::board::Arch::Armhf => gpt::types::ROOT_ARM,
-        };
-        let plans = [
-            (layout::ESP_PARTITION, gpt::types::ESP, disk.esp_mib),
-            (layout::ROOT_A_PARTITION, root_type, disk.root_slot_mib),
-            (layout::ROOT_B_PARTITION, root_type, disk.root_slot_mib),
-            (layout::DATA_PARTITION, gpt::types::LINUX_FS, disk.data_mib),
-        ]
-        .map(|(name, type_guid, mib)| PartitionPlan {
-            name: name.into(),
-            type_guid,
-            unique_guid: guid(&format!("partition-{name}")),
-            size_bytes: mib << 20,
-        });
+        let plans = crate::disk::partitions(plan);
         let layout = place(&plans);
         crate::disk::image::write(
             &image,
@@ -243,6 +229,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         })?),
         None => None,
     };
+    let outputs = write_outputs(plan, &image, &mut stages)?;
     let meta = std::fs::metadata(&image)?;
     Ok(BuildReport {
         image_bytes: meta.len(),
@@ -258,6 +245,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         installer,
         stages: stages.times,
         warnings,
+        outputs,
     })
 }
 
@@ -295,6 +283,64 @@ fn early_microcode(
         );
     }
     initramfs::early_microcode(mc.early_file(), &blobs, epoch)
+}
+
+/// A file `kiln build` wrote besides the raw image, for the summary.
+#[derive(Debug, Clone)]
+pub struct OutputReport {
+    /// `ova`, `ovf`, `vmdk`, `mf`.
+    pub kind: &'static str,
+    pub file: Written,
+    /// For a disk: the VMDK's size, the capacity it presents.
+    pub disk: Option<(u64, u64)>,
+}
+
+/// The plan's outputs, made from the raw image just written.
+fn write_outputs(
+    plan: &BuildPlan,
+    image: &std::path::Path,
+    stages: &mut Stages,
+) -> Result<Vec<OutputReport>> {
+    let mut done = Vec::new();
+    for format in &plan.outputs {
+        let ova = plan
+            .ova
+            .as_ref()
+            .context("the plan has no appliance for the OVA/OVF output")?;
+        match format {
+            Format::Img => {}
+            Format::Ova => {
+                let out = plan.out_dir.join(format!("{}.ova", plan.name));
+                let (file, vmdk) = stages.run("writing the OVA", || ova.write_ova(image, &out))?;
+                done.push(OutputReport {
+                    kind: "ova",
+                    file,
+                    disk: Some((vmdk.file.bytes, vmdk.capacity)),
+                });
+            }
+            Format::Ovf => {
+                let set = stages.run("writing the OVF set", || {
+                    ova.write_set(image, &plan.out_dir)
+                })?;
+                done.push(OutputReport {
+                    kind: "ovf",
+                    file: set.ovf,
+                    disk: None,
+                });
+                done.push(OutputReport {
+                    kind: "mf",
+                    file: set.mf,
+                    disk: None,
+                });
+                done.push(OutputReport {
+                    kind: "vmdk",
+                    disk: Some((set.vmdk.file.bytes, set.vmdk.capacity)),
+                    file: set.vmdk.file,
+                });
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// The build record next to an image (`<name>.json`): what `kiln boot`
@@ -464,6 +510,17 @@ pub fn summary(r: &BuildReport) -> String {
     line(&mut s, "sha256", r.sha256.clone());
     if let Some(installer) = &r.installer {
         line(&mut s, "installer", installer.display().to_string());
+    }
+    for o in &r.outputs {
+        let mut text = format!("{} ({}", o.file.path.display(), progress::mib(o.file.bytes));
+        if let Some((vmdk, capacity)) = o.disk {
+            if o.kind == "ova" {
+                text.push_str(&format!("; VMDK {}", progress::mib(vmdk)));
+            }
+            text.push_str(&format!(", {} GiB virtual disk", capacity >> 30));
+        }
+        text.push(')');
+        line(&mut s, o.kind, text);
     }
     let stages: Vec<String> = r
         .stages

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::board::{data_dir, Board};
+use crate::board::{data_dir, Arch, Board, BootFlavor};
 use crate::boot;
+use crate::output::appliance::{appliance, ApplianceInput, SettingError};
+use crate::output::ova::Ova;
+use crate::output::Format;
 use crate::rootfs::BASE_PACKAGES;
-use crate::spec::{locate_key, InstallSpec, Spec};
+use crate::spec::{locate_in, locate_key, InstallSpec, OvaSettings, Spec};
 
 /// Timestamps in the image when neither the spec nor the environment sets
 /// `SOURCE_DATE_EPOCH` (2024-01-01T00:00:00Z): a fixed value keeps builds
@@ -39,6 +42,11 @@ pub struct BuildPlan {
     pub refresh_packages: bool,
     /// Also write an installer stick image, with these target rules.
     pub installer: Option<InstallSpec>,
+    /// Written after the raw image, in this order (no `Img`).
+    pub outputs: Vec<Format>,
+    /// The appliance the OVA/OVF outputs describe, checked; `None` when
+    /// neither is asked for.
+    pub ova: Option<Ova>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +73,8 @@ pub struct BuildArgs {
     pub refresh_packages: bool,
     /// `--installer`: also write the installer stick image.
     pub installer: bool,
+    /// `--format`: replaces the board's `outputs:` when given.
+    pub formats: Vec<Format>,
 }
 
 impl BuildPlan {
@@ -103,6 +113,7 @@ impl BuildPlan {
         packages.dedup();
 
         let mut overlays = vec![data_dir().join("overlays/base")];
+        overlays.extend(board.overlays.iter().map(|o| data_dir().join(o)));
         for o in &spec.overlays {
             let dir = spec_dir.join(o);
             if !dir.is_dir() {
@@ -206,7 +217,16 @@ impl BuildPlan {
         h.update(board_text.as_bytes());
         let seed: [u8; 32] = h.finalize().into();
 
-        Ok(BuildPlan {
+        let mut outputs = if args.formats.is_empty() {
+            board.outputs.clone()
+        } else {
+            args.formats.clone()
+        };
+        outputs.retain(|f| *f != Format::Img);
+        outputs.sort();
+        outputs.dedup();
+
+        let mut plan = BuildPlan {
             name: spec.name.clone().unwrap_or_else(|| board.name.clone()),
             board,
             packages,
@@ -220,7 +240,12 @@ impl BuildPlan {
             seed,
             refresh_packages: args.refresh_packages,
             installer,
-        })
+            outputs,
+            ova: None,
+        };
+        let spec_file = args.spec.as_deref().unwrap_or(Path::new("spec"));
+        plan.ova = plan_ova(&plan, spec.ova.as_ref(), &spec_text, spec_file)?;
+        Ok(plan)
     }
 
     /// A stable 16-byte value for `purpose` (a GUID, a volume id, ...).
@@ -237,5 +262,58 @@ impl BuildPlan {
 
     pub fn installer_path(&self) -> PathBuf {
         self.out_dir.join(format!("{}-installer.img", self.name))
+    }
+}
+
+/// The checked appliance when the outputs need one (an `ova:` section is
+/// checked even when they don't, so a mistake in it never waits).
+fn plan_ova(
+    plan: &BuildPlan,
+    settings: Option<&OvaSettings>,
+    spec_text: &str,
+    spec_file: &Path,
+) -> Result<Option<Ova>> {
+    let wanted = plan
+        .outputs
+        .iter()
+        .any(|f| matches!(f, Format::Ova | Format::Ovf));
+    if !wanted && settings.is_none() {
+        return Ok(None);
+    }
+    let board = &plan.board;
+    if wanted && board.arch != Arch::Amd64 {
+        bail!(
+            "board {} is {}: the OVA/OVF outputs are for vSphere on x86_64; use an amd64 board such as vmware-ova",
+            board.name,
+            board.arch.debian()
+        );
+    }
+    let input = ApplianceInput {
+        name: &plan.name,
+        board: &board.name,
+        image_bytes: crate::disk::image_bytes(plan),
+        firmware_efi: board.boot == BootFlavor::UefiSystemdBoot,
+        seed: &plan.seed,
+        epoch: plan.epoch,
+    };
+    let default = OvaSettings::default();
+    match appliance(&input, settings.unwrap_or(&default)) {
+        Ok(ova) => Ok(wanted.then_some(ova)),
+        Err(SettingError { key, error }) => {
+            let (line, col) = match key.split_once('.') {
+                Some((section, name)) => locate_in(spec_text, "ova", &[name, section]),
+                None => locate_in(spec_text, "ova", &[key.as_str()]),
+            };
+            let place = match (line, col) {
+                (Some(l), Some(c)) => format!(":{l}:{c}"),
+                _ => String::new(),
+            };
+            let key = if key.is_empty() {
+                "ova".into()
+            } else {
+                format!("ova.{key}")
+            };
+            bail!("{}{place}: {key}: {error:#}", spec_file.display())
+        }
     }
 }

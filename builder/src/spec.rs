@@ -41,6 +41,8 @@ pub struct Spec {
     /// these rules for the target disk. `kiln build --installer` is the
     /// same as `install: {}`.
     pub install: Option<InstallSpec>,
+    /// The virtual machine of the OVA/OVF outputs (vSphere).
+    pub ova: Option<OvaSettings>,
 }
 
 /// How the installer picks and treats its target disk.
@@ -53,6 +55,24 @@ pub struct InstallSpec {
     /// Overwrite a disk that has partitions (otherwise it is refused).
     #[serde(default)]
     pub wipe: bool,
+}
+
+/// `ova:` in a spec: the VM the OVA describes and the defaults its deploy
+/// wizard shows. Everything is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OvaSettings {
+    /// Virtual CPUs (default 2).
+    pub cpus: Option<u32>,
+    /// Memory in MiB (default 4096).
+    pub memory_mib: Option<u64>,
+    /// Virtual disk capacity in GiB (default 32); the data partition grows
+    /// to fill it on first boot. Only written data is stored in the VMDK.
+    pub disk_gib: Option<u64>,
+    /// vApp property defaults by short name (`role`, `ip`, `dns`, ...):
+    /// pre-filled in the wizard.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, serde_yaml::Value>,
 }
 
 /// Where the k3s binary comes from. Exactly one way must be given.
@@ -261,7 +281,26 @@ fn is_sha256(s: &str) -> bool {
 /// Finds the 1-based line and column of `key:` in YAML text, for errors that
 /// serde cannot place (semantic checks after parsing).
 pub fn locate_key(text: &str, key: &str) -> (Option<usize>, Option<usize>) {
-    for (i, line) in text.lines().enumerate() {
+    locate_key_from(text, 0, key)
+}
+
+/// [`locate_key`] for the first of `keys` found inside the top-level
+/// section `section` (after `section:`), else `section:` itself.
+pub fn locate_in(text: &str, section: &str, keys: &[&str]) -> (Option<usize>, Option<usize>) {
+    let Some(start) = text
+        .lines()
+        .position(|l| l.starts_with(&format!("{section}:")))
+    else {
+        return (None, None);
+    };
+    keys.iter()
+        .map(|k| locate_key_from(text, start + 1, k))
+        .find(|(line, _)| line.is_some())
+        .unwrap_or((Some(start + 1), Some(1)))
+}
+
+fn locate_key_from(text: &str, skip: usize, key: &str) -> (Option<usize>, Option<usize>) {
+    for (i, line) in text.lines().enumerate().skip(skip) {
         let trimmed = line.trim_start();
         let trimmed = trimmed.strip_prefix("- ").unwrap_or(trimmed);
         if trimmed.starts_with(&format!("{key}:")) {

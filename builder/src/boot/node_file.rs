@@ -1,11 +1,12 @@
 //! `node.yaml` on a built image's boot partition, where someone flashing a
 //! card would drop it and kiln-firstboot's boot-partition datasource reads
 //! it. `kiln boot --node` puts it there for boards whose kernel has no QEMU
-//! fw_cfg driver (Debian's armmp).
+//! fw_cfg driver (Debian's armmp). Also what `kiln boot` reads from the boot
+//! partition to start the kernel itself ([`loader_entry`]).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kiln_node::datasource::boot_partition::NODE_FILE;
@@ -25,19 +26,7 @@ pub fn put(image: &Path, config: &[u8]) -> Result<()> {
         .write(true)
         .open(image)
         .with_context(|| format!("opening {}", image.display()))?;
-    let sectors = file.metadata()?.len() / SECTOR;
-    let table = gpt::read(&mut file, sectors)
-        .with_context(|| format!("reading the partition table of {}", image.display()))?;
-    let part = table
-        .partitions
-        .iter()
-        .find(|p| p.name == ESP_PARTITION || p.name == INSTALLER_PARTITION)
-        .with_context(|| format!("{} has no {ESP_PARTITION} partition", image.display()))?;
-    let offset = part.first_lba * SECTOR;
-    let mut before = vec![0; ((part.last_lba + 1 - part.first_lba) * SECTOR) as usize];
-    file.seek(SeekFrom::Start(offset))?;
-    file.read_exact(&mut before)?;
-
+    let (offset, before) = read_esp(&mut file, image)?;
     let mut volume = Cursor::new(before.clone());
     {
         let fs = fatfs::FileSystem::new(&mut volume, fatfs::FsOptions::new())
@@ -58,6 +47,62 @@ pub fn put(image: &Path, config: &[u8]) -> Result<()> {
     }
     file.sync_all()
         .with_context(|| format!("writing {}", image.display()))
+}
+
+/// The boot partition (found by its GPT name) of the image open as
+/// `file`: its byte offset and its bytes.
+fn read_esp(file: &mut File, image: &Path) -> Result<(u64, Vec<u8>)> {
+    let sectors = file.metadata()?.len() / SECTOR;
+    let table = gpt::read(file, sectors)
+        .with_context(|| format!("reading the partition table of {}", image.display()))?;
+    let part = table
+        .partitions
+        .iter()
+        .find(|p| p.name == ESP_PARTITION || p.name == INSTALLER_PARTITION)
+        .with_context(|| format!("{} has no {ESP_PARTITION} partition", image.display()))?;
+    let offset = part.first_lba * SECTOR;
+    let mut bytes = vec![0; ((part.last_lba + 1 - part.first_lba) * SECTOR) as usize];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut bytes)?;
+    Ok((offset, bytes))
+}
+
+/// What systemd-boot would start: the kernel and initrd named by the
+/// image's loader entry ([`super::uefi::entry`]), copied into `dir`, and
+/// the entry's command line. For QEMU machines whose firmware cannot read
+/// the disk (OVMF has no pvscsi driver): QEMU starts the same kernel.
+pub fn loader_entry(image: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let (_, esp) = read_esp(&mut file, image)?;
+    let fs = fatfs::FileSystem::new(Cursor::new(esp), fatfs::FsOptions::new())
+        .context("reading the boot partition (FAT)")?;
+    let read = |path: &str| -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        fs.root_dir()
+            .open_file(path.trim_start_matches('/'))
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .with_context(|| {
+                format!(
+                    "reading {path} from the boot partition of {}",
+                    image.display()
+                )
+            })?;
+        Ok(data)
+    };
+    let entry =
+        String::from_utf8(read(super::uefi::ENTRY)?).context("the loader entry is not text")?;
+    let field = |key: &str| {
+        entry
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .map(str::trim)
+            .with_context(|| format!("{} has no `{key}` line", super::uefi::ENTRY))
+    };
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, read(field("linux")?)?)?;
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, read(field("initrd")?)?)?;
+    Ok((kernel, initrd, field("options")?.to_string()))
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub fn esp_files(tree: &mut Tree, arch: Arch, input: &BootInput) -> Result<BootF
             data: loader_conf().into_bytes(),
         },
         FatFile {
-            path: "loader/entries/kiln.conf".into(),
+            path: ENTRY.into(),
             data: entry_with(&input.cmdline, input.dtb.as_ref().map(|d| d.boot_path()))
                 .into_bytes(),
         },
@@ -56,6 +56,9 @@ pub fn esp_files(tree: &mut Tree, arch: Arch, input: &BootInput) -> Result<BootF
 pub fn loader_conf() -> String {
     "timeout 0\ndefault kiln.conf\neditor no\n".to_string()
 }
+
+/// The loader entry's path on the ESP.
+pub const ENTRY: &str = "loader/entries/kiln.conf";
 
 pub fn entry(cmdline: &str) -> String {
     entry_with(cmdline, None)

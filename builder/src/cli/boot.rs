@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::board::{Board, QemuFirmware, QemuNodeConfig};
+use crate::board::{Arch, Board, QemuFirmware, QemuNodeConfig};
 use crate::qemu::net::{Link, Mac, Nic};
 use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 
@@ -48,6 +48,10 @@ pub struct BootCmd {
     /// until it listens). Loopback addresses only.
     #[arg(long = "net", value_name = "LINK")]
     pub links: Vec<Link>,
+    /// An ISO image for a CD-ROM drive (x86 boards), e.g. an OVF
+    /// environment CD with `ovf-env.xml`, as vSphere attaches one.
+    #[arg(long)]
+    pub cdrom: Option<PathBuf>,
     /// Seconds to wait for every expected line.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -137,6 +141,9 @@ impl BootCmd {
         if q.net_device.is_none() && (self.mac.is_some() || !self.links.is_empty()) {
             bail!("board {board_name} has no NIC under QEMU: --mac and --net do not apply");
         }
+        if self.cdrom.is_some() && board.arch != Arch::Amd64 {
+            bail!("--cdrom needs a PC's IDE bus; board {board_name} is not an x86 board");
+        }
         if let Some(node) = &self.node {
             let text = std::fs::read_to_string(node)
                 .with_context(|| format!("reading {}", node.display()))?;
@@ -170,6 +177,10 @@ impl BootCmd {
             }
             (node, _) => node.clone(),
         };
+        let scratch = tempfile::Builder::new()
+            .prefix("kiln-boot-")
+            .tempdir()
+            .context("creating a temporary directory")?;
         let (firmware, files) = match &q.firmware {
             QemuFirmware::Uefi { code, vars } => (
                 Firmware::Uefi {
@@ -185,6 +196,17 @@ impl BootCmd {
                 },
                 vec![bios.clone()],
             ),
+            QemuFirmware::EspKernel {} => {
+                let (kernel, initrd, append) =
+                    crate::boot::node_file::loader_entry(&self.image, scratch.path())?;
+                let firmware = Firmware::Kernel {
+                    kernel,
+                    initrd: Some(initrd),
+                    dtb: None,
+                    append,
+                };
+                (firmware, vec![])
+            }
         };
         for path in files {
             if !path.exists() {
@@ -218,6 +240,7 @@ impl BootCmd {
             memory_mib: q.memory_mib,
             smp: q.smp,
             firmware,
+            disk_controller: q.disk_controller.clone(),
             disk_device,
             net_device: q.net_device.clone(),
             console_serial: q.console_serial,
@@ -235,6 +258,7 @@ impl BootCmd {
                 mac: self.mac,
                 links: self.links.clone(),
             },
+            cdrom: self.cdrom.clone(),
             expect,
             fail_on: FAIL_ON
                 .iter()

@@ -3,12 +3,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::build::{build, summary};
+use crate::output::Format;
 use crate::plan::{BuildArgs, BuildPlan};
 
 /// Build a disk image from a spec (or from a board's defaults).
 ///
 /// Writes `OUT/<name>.img`, a raw disk ready for `kiln boot`, dd or a
-/// hypervisor. Packages come from Debian through the host's apt and are
+/// hypervisor, and the board's other outputs (vmware-ova: `<name>.ova`). Packages come from Debian through the host's apt and are
 /// cached in ~/.cache/kiln (KILN_CACHE_DIR overrides). Builds are
 /// reproducible: the same spec and package versions give the same bytes.
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,11 @@ pub struct BuildCmd {
     /// sets the target rules).
     #[arg(long)]
     pub installer: bool,
+    /// What to write besides the raw image (repeatable): `ova` (vSphere),
+    /// `ovf` (the same unpacked: .ovf, .mf, .vmdk), `img` (the raw image
+    /// only). Default: the board's `outputs:`.
+    #[arg(long = "format", value_enum)]
+    pub formats: Vec<Format>,
 }
 
 impl BuildCmd {
@@ -40,6 +46,7 @@ impl BuildCmd {
             out_dir: self.out,
             refresh_packages: self.refresh,
             installer: self.installer,
+            formats: self.formats,
         })?;
         let report = build(&plan)?;
         eprint!("{}", summary(&report));

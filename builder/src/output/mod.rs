@@ -34,9 +34,26 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+pub mod appliance;
 pub mod ova;
 pub mod ovf;
 pub mod vmdk;
+
+/// What `kiln build` writes besides the raw image (`<name>.img`, always
+/// written: `kiln boot`, dd and the other formats start from it). A board
+/// lists its own in `outputs:`; `kiln build --format` overrides them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Only the raw image.
+    Img,
+    /// `<name>.ova`: the OVF descriptor, manifest and VMDK in one tar.
+    Ova,
+    /// `<name>.ovf`, `<name>.mf` and `<name>.vmdk`, unpacked.
+    Ovf,
+}
 
 /// A file an output writer made.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,6 +65,13 @@ impl Container for Ova {
     }
 
     fn write(&self, raw: &Path, out: &Path) -> Result<Written> {
+        self.write_ova(raw, out).map(|(ova, _)| ova)
+    }
+}
+
+impl Ova {
+    /// [`Container::write`], also telling about the VMDK inside.
+    pub fn write_ova(&self, raw: &Path, out: &Path) -> Result<(Written, VmdkWritten)> {
         self.check()?;
         let dir = out
             .parent()
@@ -119,10 +126,9 @@ impl Container for Ova {
             Ok(())
         })
         .with_context(|| format!("writing {}", out.display()))
+        .map(|ova| (ova, vmdk))
     }
-}
 
-impl Ova {
     /// Writes `<name>.vmdk`, `<name>.ovf` and `<name>.mf` into `dir` (each
     /// atomically, the manifest last).
     pub fn write_set(&self, raw: &Path, dir: &Path) -> Result<OvfSet> {
@@ -156,7 +162,7 @@ impl Ova {
 
     /// Everything that can be wrong before the disk is written: the
     /// descriptor's values and the tar's limits.
-    fn check(&self) -> Result<()> {
+    pub fn check(&self) -> Result<()> {
         ovf::check_name(&self.ovf.name)?;
         ensure!(
             self.source_date_epoch <= USTAR_MAX_SIZE,

@@ -202,16 +202,8 @@ pub fn render(spec: &OvfSpec) -> Result<String> {
 /// what to change.
 fn check(spec: &OvfSpec) -> Result<()> {
     check_name(&spec.name)?;
-    ensure!(
-        (1..=256).contains(&spec.cpus),
-        "{} virtual CPUs is out of range; use 1 to 256 (the vmx-{HARDWARE_VERSION} limit)",
-        spec.cpus
-    );
-    ensure!(
-        (512..=6_275_072).contains(&spec.memory_mib) && spec.memory_mib.is_multiple_of(4),
-        "{} MiB of memory is out of range; use a multiple of 4 MiB from 512 MiB (k3s needs it) to 6128 GiB (the vmx-{HARDWARE_VERSION} limit)",
-        spec.memory_mib
-    );
+    check_cpus(spec.cpus)?;
+    check_memory(spec.memory_mib)?;
     let d = &spec.disk;
     ensure!(
         d.file_name.ends_with(".vmdk") && !d.file_name.contains('/'),
@@ -266,6 +258,24 @@ fn check(spec: &OvfSpec) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// A virtual CPU count the hardware version allows.
+pub fn check_cpus(cpus: u32) -> Result<()> {
+    ensure!(
+        (1..=256).contains(&cpus),
+        "{cpus} virtual CPUs is out of range; use 1 to 256 (the vmx-{HARDWARE_VERSION} limit)"
+    );
+    Ok(())
+}
+
+/// A memory size k3s runs in and the hardware version allows.
+pub fn check_memory(mib: u64) -> Result<()> {
+    ensure!(
+        (512..=6_275_072).contains(&mib) && mib.is_multiple_of(4),
+        "{mib} MiB of memory is out of range; use a multiple of 4 MiB from 512 MiB (k3s needs it) to 6128 GiB (the vmx-{HARDWARE_VERSION} limit)"
+    );
     Ok(())
 }
 
@@ -526,7 +536,7 @@ const KILN_PROPERTIES: &[(&str, Kind, &str, &str, &str, bool)] = &[
      "An OpenSSH public key (e.g. ssh-ed25519 AAAA... you@host) allowed to log in.",
      "Access", false),
     ("node-yaml", Kind::Base64, "node.yaml (base64)",
-     "A whole node.yaml, base64-encoded, for settings not on this page; the fields on this page win over its keys.",
+     "A whole node.yaml, base64-encoded (base64 -w0 node.yaml), for settings not on this page. It stands alone: leave every other field on this page empty (Role may stay server, Start a new cluster unchecked).",
      "Advanced", false),
 ];
 

@@ -290,7 +290,7 @@ pub fn write_stream(
     stream.finish()
 }
 
-fn check_capacity(raw_len: u64, capacity: u64) -> Result<()> {
+pub fn check_capacity(raw_len: u64, capacity: u64) -> Result<()> {
     ensure!(
         capacity >= raw_len,
         "the disk capacity ({}) is smaller than the raw image ({}); raise the capacity to at least {}",

@@ -76,7 +76,10 @@ pub struct QemuConfig {
     pub memory_mib: u32,
     pub smp: u32,
     pub firmware: Firmware,
-    /// `virtio-blk-pci`, `nvme`, `pvscsi`..., or `sd` for `-drive if=sd`.
+    /// A disk controller (`pvscsi`) for `disk_device` to sit on.
+    pub disk_controller: Option<String>,
+    /// `virtio-blk-pci`, `nvme`, `scsi-hd` (on `disk_controller`)..., or
+    /// `sd` for `-drive if=sd`.
     pub disk_device: String,
     /// NIC model on the restricted user network (`virtio-net-pci`,
     /// `usb-net`, `vmxnet3`), or none.
@@ -98,6 +101,8 @@ pub struct BootRequest {
     pub node_config: Option<PathBuf>,
     /// The NIC's MAC and network (default: QEMU's MAC, user network).
     pub nic: net::Nic,
+    /// An ISO image in a CD-ROM drive on the PC's IDE bus (read-only).
+    pub cdrom: Option<PathBuf>,
     /// Substrings that must all appear on the console, in any order.
     pub expect: Vec<String>,
     /// Substrings that end the run as failed (`kiln-init: ERROR`,
@@ -223,7 +228,25 @@ pub fn command_line(cfg: &QemuConfig, req: &BootRequest, flash1: Option<&Path>) 
             push(&["-device", "qemu-xhci,id=xhci"]);
             device.push_str(",bus=xhci.0");
         }
-        push(&["-device", &format!("{device},drive=d0{index}")]);
+        let bus = match &cfg.disk_controller {
+            Some(controller) => {
+                push(&["-device", &format!("{controller},id=hba0")]);
+                ",bus=hba0.0"
+            }
+            None => "",
+        };
+        push(&["-device", &format!("{device},drive=d0{bus}{index}")]);
+    }
+    if let Some(iso) = &req.cdrom {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                opt_path(iso)
+            ),
+        ]);
+        // Secondary master, where VMware puts the OVF environment CD.
+        push(&["-device", "ide-cd,drive=cd0,bus=ide.1"]);
     }
     if let Some(model) = &cfg.net_device {
         let nic = net::args(model, &req.nic);
@@ -287,6 +310,14 @@ pub fn boot(cfg: &QemuConfig, req: &BootRequest) -> Result<BootOutcome> {
             bail!(
                 "node config {} not found; check the --node path",
                 node.display()
+            );
+        }
+    }
+    if let Some(iso) = &req.cdrom {
+        if !iso.is_file() {
+            bail!(
+                "CD image {} not found; check the --cdrom path",
+                iso.display()
             );
         }
     }
@@ -560,6 +591,7 @@ mod tests {
                 code: code.into(),
                 vars_template: vars.into(),
             },
+            disk_controller: None,
             disk_device: "virtio-blk-pci".into(),
             net_device: Some("virtio-net-pci".into()),
             console_serial: 0,
@@ -572,6 +604,7 @@ mod tests {
             image: image.into(),
             node_config: None,
             nic: net::Nic::default(),
+            cdrom: None,
             expect: vec![],
             fail_on: vec!["Kernel panic".into(), "Shell>".into()],
             timeout: Duration::from_secs(10),
@@ -624,6 +657,30 @@ mod tests {
     }
 
     #[test]
+    fn command_line_scsi_controller_and_cdrom() {
+        let cfg = QemuConfig {
+            machine: "pc".into(),
+            disk_controller: Some("pvscsi".into()),
+            disk_device: "scsi-hd".into(),
+            net_device: Some("vmxnet3".into()),
+            ..x86("/c.fd", "/v.fd")
+        };
+        let mut req = request(Path::new("/d.img"), Path::new("/l"));
+        req.cdrom = Some("/ovf,env.iso".into());
+        let args = command_line(&cfg, &req, None).join(" ");
+        assert!(
+            args.contains(
+                "-drive file=/d.img,format=raw,if=none,id=d0 -device pvscsi,id=hba0 \
+                 -device scsi-hd,drive=d0,bus=hba0.0,bootindex=0 \
+                 -drive file=/ovf,,env.iso,format=raw,if=none,id=cd0,media=cdrom,readonly=on \
+                 -device ide-cd,drive=cd0,bus=ide.1 \
+                 -netdev user,id=n0,restrict=on -device vmxnet3,netdev=n0"
+            ),
+            "{args}"
+        );
+    }
+
+    #[test]
     fn command_line_raspi_and_uboot() {
         let cfg = QemuConfig {
             binary: "qemu-system-aarch64".into(),
@@ -637,6 +694,7 @@ mod tests {
                 dtb: Some("/t/bcm2710-rpi-3-b.dtb".into()),
                 append: "console=ttyS1,115200 earlycon".into(),
             },
+            disk_controller: None,
             disk_device: "sd".into(),
             net_device: Some("usb-net".into()),
             console_serial: 1,
@@ -948,6 +1006,7 @@ mod tests {
             memory_mib: 256,
             smp: 1,
             firmware,
+            disk_controller: q.disk_controller,
             disk_device: q.disk_device,
             net_device: q.net_device,
             console_serial: q.console_serial,
