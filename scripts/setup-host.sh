@@ -43,8 +43,10 @@ $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continui
 # qemu-efi-aarch64 (qemu-aarch64), U-Boot for QEMU's virt machine from
 # u-boot-qemu (qemu-armv7). Backports has none of them; bookworm's own work
 # with QEMU 10.
-pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu"
-pkgs_qemu="qemu-system-x86 qemu-system-arm"
+# The OVA tests: qemu-img (qemu-utils) checks the VMDK, xmllint
+# (libxml2-utils) the descriptor, xorriso makes the OVF environment CD.
+pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu libxml2-utils xorriso"
+pkgs_qemu="qemu-system-x86 qemu-system-arm qemu-utils"
 if [ "$codename" = bookworm ]; then
   $SUDO apt-get install -y -q --no-install-recommends $pkgs_base
   $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports $pkgs_qemu

@@ -297,3 +297,167 @@ fn missing_image_and_missing_qemu_are_explained() {
         r.failure(3, package);
     }
 }
+
+/// The OVF environment a vSphere host would hand the VM for `ovf`: every
+/// vApp property at its default, but for `set`.
+fn ovf_environment(ovf: &str, set: &[(&str, &str)]) -> String {
+    let doc = roxmltree::Document::parse(ovf).unwrap();
+    let mut props = String::new();
+    for p in doc.descendants().filter(|n| n.has_tag_name("Property")) {
+        let attr = |name: &str| {
+            p.attributes()
+                .find(|a| a.name() == name)
+                .map_or("", |a| a.value())
+        };
+        let key = attr("key");
+        let value = set
+            .iter()
+            .find(|(k, _)| format!("guestinfo.kiln.{k}") == key)
+            .map_or(attr("value"), |(_, v)| v);
+        props.push_str(&format!(
+            "      <Property oe:key=\"{key}\" oe:value=\"{value}\"/>\n"
+        ));
+    }
+    assert!(
+        props.lines().count() >= 10,
+        "the OVA has the kiln properties"
+    );
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" xmlns:ve="http://www.vmware.com/schema/ovfenv" oe:id="" ve:vCenterId="vm-1">
+   <PlatformSection>
+      <Kind>VMware ESXi</Kind>
+      <Version>8.0.2</Version>
+      <Vendor>VMware, Inc.</Vendor>
+      <Locale>en</Locale>
+   </PlatformSection>
+   <PropertySection>
+{props}   </PropertySection>
+</Environment>
+"#
+    )
+}
+
+/// The OVA's disk, taken out of the VMDK, on the two VMware devices QEMU
+/// emulates (pvscsi disk, vmxnet3 NIC) with an OVF environment CD as
+/// vSphere's ISO transport attaches it, and no `--node`: the node config
+/// comes from the vApp properties (the spec's DNS default, the rest set
+/// "in the wizard"), the data partition grows to the VMDK's capacity, and
+/// open-vm-tools stays off outside VMware.
+#[test]
+fn vmware_ova_disk_boots_with_an_ovf_environment_cd() {
+    use crate::ova::{built_ova, members, vmdk_of, CAPACITY};
+    use std::process::Command;
+
+    let dir = scratch("boot-vmware-ova");
+    let ova = built_ova();
+    let vmdk = vmdk_of(&ova, &dir);
+    let image = dir.join("kiln-selftest.img");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(&vmdk)
+        .arg(&image)
+        .status()
+        .expect("qemu-img runs (install qemu-utils)");
+    assert!(status.success());
+    std::fs::remove_file(&vmdk).unwrap();
+    std::fs::copy(ova.with_extension("json"), image.with_extension("json")).unwrap();
+
+    let ovf = String::from_utf8(members(&ova).remove(0).data).unwrap();
+    let iso_dir = dir.join("iso");
+    std::fs::create_dir(&iso_dir).unwrap();
+    let env = ovf_environment(
+        &ovf,
+        &[
+            ("role", "server"),
+            ("cluster-init", "True"),
+            ("hostname", "kiln-vm-1"),
+            ("ip", "10.0.2.15/24"),
+            ("gateway", "10.0.2.2"),
+            ("token", "t0ken-from-the-wizard"),
+        ],
+    );
+    std::fs::write(iso_dir.join("ovf-env.xml"), env).unwrap();
+    let iso = dir.join("ovf-env.iso");
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-r", "-J", "-V", "OVF ENV", "-o"])
+        .arg(&iso)
+        .arg(&iso_dir)
+        .output()
+        .expect("xorriso runs (install xorriso)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let iso_arg = iso.to_string_lossy().into_owned();
+    let mut args = vec!["--cdrom", &iso_arg];
+    args.extend(BOOT_ARGS);
+    let (r, console) = boot(&image, None, &args);
+    assert_eq!(r.code, Some(0), "boot failed: {}\n{console}", r.stderr);
+    eprintln!("vmware-ova: {}", r.stderr.trim());
+
+    let f = facts(&console);
+    assert!(console.contains("vmw_pvscsi"), "the disk is on pvscsi");
+    assert!(console.contains("VMware vmxnet3 virtual NIC driver"));
+    // `systemctl show` prints properties in its own order.
+    let props = |fact: &str| {
+        let mut p: Vec<&str> = f[fact].split_whitespace().collect();
+        p.sort();
+        p.join(" ")
+    };
+    assert_eq!(
+        props("cdrom-unit"),
+        "ActiveState=active Result=success",
+        "the CD-ROM stack was loaded before the datasource looked"
+    );
+    let span: Vec<u64> = f["cdrom-unit-us"]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    eprintln!(
+        "vmware-ova: kiln-cdrom.service took {:.2} s",
+        span[1].abs_diff(span[0]) as f64 / 1e6
+    );
+    assert!(
+        console.contains("kiln: node config from VMware ovf-env.xml on /dev/sr"),
+        "the config came from the OVF environment CD"
+    );
+    assert!(console.contains("kiln: node ready role=server"));
+    assert_eq!(
+        f["hostname"], "kiln-vm-1",
+        "hostname from the vApp property"
+    );
+    assert_eq!(f["ipv4"], "10.0.2.15/24", "the static address, not DHCP's");
+    assert!(
+        f["ipv4-routes"].contains("default via 10.0.2.2 "),
+        "the gateway from the vApp property: {}",
+        f["ipv4-routes"]
+    );
+    assert!(console.contains("static 10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3"));
+    assert!(console.contains("selftest: config.yaml: cluster-init: true"));
+    assert_eq!(
+        props("vmtools"),
+        "ActiveState=inactive ConditionResult=no",
+        "open-vm-tools starts only on VMware"
+    );
+    let disk = number(&f, "disk-sectors");
+    assert_eq!(disk * 512, CAPACITY, "the guest sees the VMDK's capacity");
+    let data_end = number(&f, "data-start") + number(&f, "data-sectors");
+    assert!(
+        disk - data_end <= 2048 + 34,
+        "data partition fills the disk"
+    );
+    assert!(
+        number(&f, "var-fs-kib") * 1024 * 100 >= number(&f, "data-sectors") * 512 * 95,
+        "/var filesystem grown"
+    );
+    assert_eq!(f["root-mount-flag"], "ro");
+    assert_eq!(f["failed-units"], "", "no systemd unit may fail");
+    assert!(!console.contains("kiln-init: ERROR"));
+    assert!(
+        !console.contains("t0ken-from-the-wizard"),
+        "the token from the vApp property reached the console"
+    );
+}

@@ -5,6 +5,7 @@
 //! - `build`: bad input fails early and clearly; builds are reproducible.
 //! - `boards`: real-hardware boards (NUC, Jetson): structural checks, and
 //!   the NUC installer's QEMU proof.
+//! - `ova`: the vmware-ova board's OVA: layout, manifest, VMDK, errors.
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
 //! - `cluster`: several VMs of one image on a private network: rack mode,
 //!   joins, a wrong token, secrets on the console and in the journal.
@@ -16,5 +17,6 @@ mod boot;
 mod build;
 mod cli;
 mod cluster;
+mod ova;
 mod util;
 mod validate;

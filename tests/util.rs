@@ -93,12 +93,12 @@ pub struct BuiltImage {
 }
 
 /// The boards the self-test image is built for and booted on.
-pub const BOARDS: [&str; 3] = ["qemu-x86_64", "qemu-aarch64", "qemu-armv7"];
+pub const BOARDS: [&str; 4] = ["qemu-x86_64", "qemu-aarch64", "qemu-armv7", "vmware-ova"];
 
 /// The self-test image (tests/fixtures/selftest) for `board`, built once
 /// per run: the same spec and overlay on every board (`--board`).
 pub fn selftest_image(board: &str) -> &'static BuiltImage {
-    static IMAGES: [OnceLock<BuiltImage>; BOARDS.len()] = [const { OnceLock::new() }; 3];
+    static IMAGES: [OnceLock<BuiltImage>; BOARDS.len()] = [const { OnceLock::new() }; BOARDS.len()];
     let i = BOARDS
         .iter()
         .position(|b| *b == board)
