@@ -4,8 +4,11 @@
 //!
 //! 1. the OVF environment in guestinfo `guestinfo.ovfEnv` (vSphere's
 //!    `com.vmware.guestInfo` transport), read over the backdoor RPC;
-//! 2. plain guestinfo values `guestinfo.kiln.<name>` (govc `vm.change -e`,
-//!    Terraform `extra_config`), when 1 has none filled in;
+//! 2. plain guestinfo values (govc `vm.change -e`, Terraform
+//!    `extra_config`), when 1 has none filled in: a whole node.yaml in
+//!    `guestinfo.kiln.node` (with `guestinfo.kiln.node.encoding` empty,
+//!    `base64` or `gzip+base64`, the convention cloud-init and Ignition
+//!    use), or the properties one by one, `guestinfo.kiln.<name>`;
 //! 3. `ovf-env.xml` on a CD (the `iso` transport), on every architecture.
 //!
 //! 1 and 2 run only where the DMI says VMware ([`is_vmware`]): the backdoor
@@ -47,6 +50,12 @@ use rpc::Port;
 pub const DMI_SYS_VENDOR: &str = "/sys/class/dmi/id/sys_vendor";
 /// The guestinfo key vSphere puts the OVF environment under.
 pub const OVF_ENV_KEY: &str = "guestinfo.ovfEnv";
+/// A whole node.yaml as one guestinfo value, and how it is encoded.
+pub const NODE_KEY: &str = "guestinfo.kiln.node";
+pub const NODE_ENCODING_KEY: &str = "guestinfo.kiln.node.encoding";
+/// The most a gzip'ed node.yaml may inflate to (a node.yaml is small;
+/// this stops a gzip bomb).
+const NODE_MAX_BYTES: u64 = 4 << 20;
 
 /// Reads guestinfo values: over the backdoor on a node, a stand-in in tests.
 pub trait GuestInfo {
@@ -135,12 +144,72 @@ impl Vmware {
                 pairs.push((key, String::from_utf8_lossy(&value).into_owned()));
             }
         }
+        if let Some(node) = get(NODE_KEY)?.filter(|v| !v.trim_ascii().is_empty()) {
+            let source = format!("VMware {NODE_KEY}");
+            let set: Vec<&str> = pairs
+                .iter()
+                .filter(|(_, v)| !v.trim().is_empty())
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if !set.is_empty() {
+                return Err(invalid(
+                    &source,
+                    format!(
+                        "{NODE_KEY} holds a whole node.yaml, but {} set too; \
+                         put those settings into the node.yaml and clear them, or clear {NODE_KEY}",
+                        set.join(", ")
+                    ),
+                ));
+            }
+            let encoding = get(NODE_ENCODING_KEY)?.unwrap_or_default();
+            let bytes = decode_node(&node, &String::from_utf8_lossy(&encoding))
+                .map_err(|why| invalid(&source, why))?;
+            return Ok(Some(Found { source, bytes }));
+        }
         let source = format!("VMware {PREFIX}*");
         let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         match Props::from_pairs(pairs).map_err(|why| invalid(&source, why))? {
             Some(props) => from_props(&props, &source, out),
             None => Ok(None),
         }
+    }
+}
+
+/// The node.yaml in a `guestinfo.kiln.node` value encoded as `encoding`:
+/// empty (plain text), `base64`/`b64`, `gzip+base64`/`gz+base64`/`gz+b64`.
+pub fn decode_node(value: &[u8], encoding: &str) -> Result<Vec<u8>, String> {
+    let text = || String::from_utf8_lossy(value).into_owned();
+    let base64 = || {
+        super::decode_base64(&text()).ok_or_else(|| {
+            format!("{NODE_KEY} is not base64; encode the file with base64 -w0 node.yaml")
+        })
+    };
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(value.to_vec()),
+        "base64" | "b64" => base64(),
+        "gzip+base64" | "gz+base64" | "gz+b64" | "gzip+b64" => {
+            use std::io::Read;
+            let gz = base64()?;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .take(NODE_MAX_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    format!(
+                        "{NODE_KEY} is not gzip data ({e}); make it with gzip -c node.yaml | base64 -w0"
+                    )
+                })?;
+            if out.len() as u64 > NODE_MAX_BYTES {
+                return Err(format!(
+                    "{NODE_KEY} inflates to more than {} MiB; a node.yaml is far smaller",
+                    NODE_MAX_BYTES >> 20
+                ));
+            }
+            Ok(out)
+        }
+        other => Err(format!(
+            "{NODE_ENCODING_KEY} is {other:?}; use base64 or gzip+base64, or leave it empty for plain text"
+        )),
     }
 }
 

@@ -353,3 +353,78 @@ fn first_boot_from_the_cd() {
         "{saved}"
     );
 }
+
+#[test]
+fn whole_node_yaml_in_guestinfo_with_its_encodings() {
+    use std::io::Write;
+    let f = FakeRoot::new("vmw-node-key");
+    f.put(DMI_SYS_VENDOR, VMWARE.as_bytes());
+    let yaml = b"role: agent\nserver: https://10.0.0.1:6443\ntoken: K10x::server:y\n";
+    let b64 = |data: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(data)
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(yaml).unwrap();
+    let gz = gz.finish().unwrap();
+    for (value, encoding) in [
+        (yaml.to_vec(), ""),
+        (b64(yaml).into_bytes(), "base64"),
+        (b64(&gz).into_bytes(), "gzip+base64"),
+        (b64(&gz).into_bytes(), "GZ+B64"),
+    ] {
+        let mut values: Vec<(&str, &[u8])> = vec![(NODE_KEY, &value)];
+        if !encoding.is_empty() {
+            values.push((NODE_ENCODING_KEY, encoding.as_bytes()));
+        }
+        let src = f.source(host(&values), false);
+        let (found, console) = find(&src, f.root());
+        let found = found.unwrap().unwrap();
+        assert_eq!(found.source, "VMware guestinfo.kiln.node", "{encoding}");
+        assert_eq!(found.bytes, yaml, "{encoding}");
+        assert_eq!(console, "");
+    }
+
+    // The OVF environment comes first: a filled-in one wins.
+    let src = f.source(
+        host(&[(OVF_ENV_KEY, &fixture("agent-dhcp")), (NODE_KEY, yaml)]),
+        false,
+    );
+    assert_eq!(
+        find(&src, f.root()).0.unwrap().unwrap().source,
+        "VMware guestinfo.ovfEnv"
+    );
+
+    // Broken values stop the boot with a line naming the key; the token
+    // never shows.
+    let secret_gz = b64(b"not gzip, token K10x::server:y");
+    for (values, want) in [
+        (
+            vec![(NODE_KEY, &b"%%%"[..]), (NODE_ENCODING_KEY, &b"base64"[..])],
+            "guestinfo.kiln.node is not base64",
+        ),
+        (
+            vec![
+                (NODE_KEY, secret_gz.as_bytes()),
+                (NODE_ENCODING_KEY, &b"gzip+base64"[..]),
+            ],
+            "guestinfo.kiln.node is not gzip data",
+        ),
+        (
+            vec![(NODE_KEY, &yaml[..]), (NODE_ENCODING_KEY, &b"zstd"[..])],
+            "guestinfo.kiln.node.encoding is \"zstd\"; use base64 or gzip+base64",
+        ),
+        (
+            vec![
+                (NODE_KEY, &yaml[..]),
+                ("guestinfo.kiln.hostname", &b"n1"[..]),
+            ],
+            "guestinfo.kiln.node holds a whole node.yaml, but guestinfo.kiln.hostname set too",
+        ),
+    ] {
+        let src = f.source(host(&values), false);
+        let err = find(&src, f.root()).0.unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(!err.contains("K10x"), "the token leaked: {err}");
+    }
+}
