@@ -190,9 +190,21 @@ fn summary_names_the_double_and_sizes() {
 
 /// Same spec twice, same bytes: the shared self-test image and a second
 /// build of it, per board.
+/// The second build runs every stage (`--no-cache`) while the first may
+/// have reused cached stage outputs: equal bytes prove both the build and
+/// the stage cache faithful.
 fn assert_reproducible(board: &str) {
     let first = selftest_image(board);
-    let second = crate::util::build_selftest(board, &format!("selftest-build-again-{board}"));
+    let second = crate::util::build_selftest_with(
+        board,
+        &format!("selftest-build-again-{board}"),
+        &["--no-cache"],
+    );
+    assert!(
+        !second.summary.contains("reused"),
+        "{board}: --no-cache still reused a stage:\n{}",
+        second.summary
+    );
     assert_eq!(
         first.sha256, second.sha256,
         "{board}: two builds of the same spec report different sha256"

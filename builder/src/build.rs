@@ -18,6 +18,7 @@ use crate::plan::{BuildPlan, K3sPlan};
 use crate::progress::Stages;
 use crate::rootfs::tree::Node;
 use crate::rootfs::{self, RootInput, BASE_UNITS};
+use crate::stage_cache::{Outcome, StageCache};
 use crate::{initramfs, progress};
 
 /// What a build made, for the summary and for tests.
@@ -37,6 +38,8 @@ pub struct BuildReport {
     /// The installer stick image, when asked for.
     pub installer: Option<PathBuf>,
     pub stages: Vec<(&'static str, Duration)>,
+    /// Stage outputs reused from an earlier build with the same inputs.
+    pub cached_stages: Vec<&'static str>,
     pub warnings: Vec<String>,
     /// What was written besides the raw image.
     pub outputs: Vec<OutputReport>,
@@ -63,11 +66,16 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     let bins = stages.run("building in-image binaries", || nodebin::build(arch))?;
     let packages = stages.run("resolving and fetching packages", || {
         warnings.extend(apt.update(plan.refresh_packages)?);
-        let mut packages = apt.fetch(&plan.packages)?;
         // The kernel package depends on initramfs-tools, perl and more that
-        // a kiln root never uses (kiln makes the initramfs): take only the
-        // kernel image packages from its closure.
-        let kernel = apt.fetch(std::slice::from_ref(&plan.board.kernel.package))?;
+        // a kiln root never uses (kiln makes the initramfs): resolve it on
+        // its own (alongside, each apt run is mostly start-up) and take only
+        // the kernel image packages from its closure.
+        let (packages, kernel) = std::thread::scope(|s| {
+            let kernel = s.spawn(|| apt.fetch(std::slice::from_ref(&plan.board.kernel.package)));
+            let packages = apt.fetch(&plan.packages);
+            (packages, kernel.join().expect("kernel resolution panicked"))
+        });
+        let (mut packages, kernel) = (packages?, kernel?);
         packages.extend(
             kernel
                 .into_iter()
@@ -79,6 +87,12 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
     let k3s = stages.run("getting the k3s binary", || k3s_binary(&plan.k3s, &bins))?;
 
+    let cache = if plan.stage_cache {
+        StageCache::at(packages::cache_dir().join("stages"))
+    } else {
+        StageCache::disabled()
+    };
+    let mut cached_stages = Vec::new();
     let mut root = stages.run("composing the root filesystem", || {
         let mut files = vec![
             (
@@ -116,16 +130,23 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         context.insert("k3s_version", &k3s.label);
         let mut units: Vec<String> = BASE_UNITS.iter().map(|u| u.to_string()).collect();
         units.extend(extra_units(plan));
-        rootfs::compose(RootInput {
-            packages: &packages,
-            overlays: &plan.overlays,
-            template_context: &context,
-            files,
-            enable_units: units,
-            os_release: os_release(plan, &k3s),
-            initramfs_modules: &plan.board.initramfs_modules,
-            root_modules: &plan.board.root_modules,
-        })
+        let (root, outcome) = rootfs::compose(
+            RootInput {
+                packages: &packages,
+                overlays: &plan.overlays,
+                template_context: &context,
+                files,
+                enable_units: units,
+                os_release: os_release(plan, &k3s),
+                initramfs_modules: &plan.board.initramfs_modules,
+                root_modules: &plan.board.root_modules,
+            },
+            &cache,
+        )?;
+        if outcome == Outcome::Cached {
+            cached_stages.push("package root");
+        }
+        Ok(root)
     })?;
 
     let initrd = stages.run("building the initramfs", || {
@@ -244,6 +265,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         sha256,
         installer,
         stages: stages.times,
+        cached_stages,
         warnings,
         outputs,
     })
@@ -542,6 +564,16 @@ pub fn summary(r: &BuildReport) -> String {
             stages.join(", ")
         ),
     );
+    if !r.cached_stages.is_empty() {
+        line(
+            &mut s,
+            "reused",
+            format!(
+                "{} (inputs unchanged; --no-cache rebuilds)",
+                r.cached_stages.join(", ")
+            ),
+        );
+    }
     for w in &r.warnings {
         s.push_str(&format!("  warning: {w}\n"));
     }

@@ -15,6 +15,8 @@
 //! - [`disk`]: partition layout and the raw disk image.
 //! - [`build`]: runs the stages in order and reports what it made.
 //! - [`installer`]: the USB installer stick image that carries the image.
+//! - [`stage_cache`]: stage outputs kept between builds, keyed by the hash
+//!   of their inputs.
 //! - [`qemu`]: boots an image under QEMU and watches its serial console.
 
 pub mod board;
@@ -34,3 +36,4 @@ pub mod progress;
 pub mod qemu;
 pub mod rootfs;
 pub mod spec;
+pub mod stage_cache;

@@ -338,21 +338,7 @@ impl Apt {
             .collect())
     }
 
-    /// Resolves `wanted` with its dependency closure (no recommends) and
-    /// downloads what is not cached. Returns packages sorted by name.
-    pub fn fetch(&self, wanted: &[String]) -> Result<Vec<Package>> {
-        let sim = self
-            .apt_get()
-            .args(["install", "--simulate", "--no-install-recommends", "-y"])
-            .args(wanted)
-            .output()
-            .context("running apt-get install --simulate")?;
-        let text = String::from_utf8_lossy(&sim.stdout).into_owned()
-            + &String::from_utf8_lossy(&sim.stderr);
-        if !sim.status.success() {
-            bail!("{}", explain_apt_failure(&text, &self.arch));
-        }
-        let mut packages = parse_simulation(&text);
+    fn download(&self, wanted: &[String]) -> Result<()> {
         let dl = self
             .apt_get()
             .args([
@@ -371,23 +357,117 @@ impl Apt {
                 String::from_utf8_lossy(&dl.stderr).trim()
             );
         }
-        let archives = self.root.join("var/cache/apt/archives");
-        for p in &mut packages {
-            let file = format!(
-                "{}_{}_{}.deb",
+        Ok(())
+    }
+
+    /// Resolves `wanted` with its dependency closure (no recommends) and
+    /// downloads what is not cached. Returns packages sorted by name.
+    pub fn fetch(&self, wanted: &[String]) -> Result<Vec<Package>> {
+        let key = self.resolution_key(wanted);
+        if let Some(packages) = key.as_deref().and_then(|k| self.cached_resolution(k)) {
+            return Ok(packages);
+        }
+        let packages = self.resolve_and_download(wanted)?;
+        if let Some(key) = key {
+            // Only a speed-up: a cache that cannot be written is no error.
+            let _ = self.store_resolution(&key, &packages);
+        }
+        Ok(packages)
+    }
+
+    /// Names the resolution of `wanted` against exactly these package
+    /// lists: a refreshed list changes the key, so a cached answer is
+    /// never stale.
+    fn resolution_key(&self, wanted: &[String]) -> Option<String> {
+        let lists = self.root.join("var/lib/apt/lists");
+        let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(&lists)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                let mtime = meta.modified().ok()?.duration_since(SystemTime::UNIX_EPOCH);
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    mtime.ok()?.as_nanos(),
+                ))
+            })
+            .collect();
+        entries.sort();
+        let mut hasher = Sha256::new();
+        hasher.update(format!("{}\n{wanted:?}\n{entries:?}", self.arch));
+        Some(hex(&hasher.finalize()))
+    }
+
+    fn resolution_path(&self, key: &str) -> PathBuf {
+        self.root.join("var/cache/kiln-resolved").join(key)
+    }
+
+    fn cached_resolution(&self, key: &str) -> Option<Vec<Package>> {
+        let text = std::fs::read_to_string(self.resolution_path(key)).ok()?;
+        let packages: Vec<Package> = text
+            .lines()
+            .map(|line| {
+                let mut f = line.split(' ');
+                let (name, version, arch) = (f.next()?, f.next()?, f.next()?);
+                Some(self.package(name, version, arch))
+            })
+            .collect::<Option<_>>()?;
+        packages.iter().all(|p| p.path.exists()).then_some(packages)
+    }
+
+    fn store_resolution(&self, key: &str, packages: &[Package]) -> Result<()> {
+        let path = self.resolution_path(key);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let text: String = packages
+            .iter()
+            .map(|p| format!("{} {} {}\n", p.name, p.version, p.arch))
+            .collect();
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// The package with its path in the private archive cache.
+    fn package(&self, name: &str, version: &str, arch: &str) -> Package {
+        let file = format!("{name}_{}_{arch}.deb", version.replace(':', "%3a"));
+        Package {
+            name: name.into(),
+            version: version.into(),
+            arch: arch.into(),
+            path: self.root.join("var/cache/apt/archives").join(file),
+        }
+    }
+
+    fn resolve_and_download(&self, wanted: &[String]) -> Result<Vec<Package>> {
+        let sim = self
+            .apt_get()
+            .args(["install", "--simulate", "--no-install-recommends", "-y"])
+            .args(wanted)
+            .output()
+            .context("running apt-get install --simulate")?;
+        let text = String::from_utf8_lossy(&sim.stdout).into_owned()
+            + &String::from_utf8_lossy(&sim.stderr);
+        if !sim.status.success() {
+            bail!("{}", explain_apt_failure(&text, &self.arch));
+        }
+        let mut packages: Vec<Package> = parse_simulation(&text)
+            .iter()
+            .map(|p| self.package(&p.name, &p.version, &p.arch))
+            .collect();
+        // A warm cache needs no second apt run: that run alone costs as
+        // much as the resolution.
+        if packages.iter().any(|p| !p.path.exists()) {
+            self.download(wanted)?;
+        }
+        if let Some(p) = packages.iter().find(|p| !p.path.exists()) {
+            bail!(
+                "apt reported {} {} but {} is missing",
                 p.name,
-                p.version.replace(':', "%3a"),
-                p.arch
+                p.version,
+                p.path.display()
             );
-            p.path = archives.join(file);
-            if !p.path.exists() {
-                bail!(
-                    "apt reported {} {} but {} is missing",
-                    p.name,
-                    p.version,
-                    p.path.display()
-                );
-            }
         }
         packages.sort();
         Ok(packages)
@@ -489,9 +569,22 @@ pub fn which(tool: &str) -> Result<PathBuf> {
 }
 
 /// sha256 of a file, hex.
+/// Streams the file through the hash: images are hundreds of MiB and
+/// mostly holes, so reading them whole would cost that much memory.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex(&Sha256::digest(&data)))
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

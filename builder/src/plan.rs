@@ -47,6 +47,9 @@ pub struct BuildPlan {
     /// The appliance the OVA/OVF outputs describe, checked; `None` when
     /// neither is asked for.
     pub ova: Option<Ova>,
+    /// Reuse stage outputs from earlier builds (`kiln build --no-cache`
+    /// turns it off).
+    pub stage_cache: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +78,7 @@ pub struct BuildArgs {
     pub installer: bool,
     /// `--format`: replaces the board's `outputs:` when given.
     pub formats: Vec<Format>,
+    pub no_stage_cache: bool,
 }
 
 impl BuildPlan {
@@ -240,6 +244,7 @@ impl BuildPlan {
             seed,
             refresh_packages: args.refresh_packages,
             installer,
+            stage_cache: !args.no_stage_cache,
             outputs,
             ova: None,
         };

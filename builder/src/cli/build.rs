@@ -36,6 +36,10 @@ pub struct BuildCmd {
     /// only). Default: the board's `outputs:`.
     #[arg(long = "format", value_enum)]
     pub formats: Vec<Format>,
+    /// Rebuild every stage instead of reusing outputs of earlier builds
+    /// whose inputs are unchanged (kept in the cache dir's `stages/`).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl BuildCmd {
@@ -47,6 +51,7 @@ impl BuildCmd {
             refresh_packages: self.refresh,
             installer: self.installer,
             formats: self.formats,
+            no_stage_cache: self.no_cache,
         })?;
         let report = build(&plan)?;
         eprint!("{}", summary(&report));

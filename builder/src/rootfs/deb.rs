@@ -66,7 +66,9 @@ pub fn unpack_from(reader: impl Read + Seek, tree: &mut Tree) -> Result<()> {
         let mut entry = entry.context("reading the ar archive")?;
         let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
         let decoder: Box<dyn Read> = match name.as_str() {
-            "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new(&mut entry)),
+            // dpkg writes multi-block xz: the kernel package (~400 MiB of
+            // modules) decodes on all cores instead of one.
+            "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new_parallel(&mut entry)),
             "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(&mut entry)?),
             "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(&mut entry)),
             "data.tar" => Box::new(&mut entry),

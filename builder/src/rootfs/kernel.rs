@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::tree::{Kind, Node, Tree};
 use crate::initramfs::{self, ModuleRef};
 use crate::packages::which;
+use crate::stage_cache::{Cacheable, Decoder, Encoder};
 
 pub struct KernelPayload {
     /// `uname -r` of the kernel, e.g. `6.1.0-28-amd64`.
@@ -21,6 +22,47 @@ pub struct KernelPayload {
     pub initramfs_order: Vec<ModuleRef>,
     /// Modules kept in the root.
     pub root_module_count: usize,
+}
+
+impl Cacheable for KernelPayload {
+    fn encode(&self, out: &mut Encoder) {
+        out.str(&self.version);
+        out.bytes(&self.image);
+        out.u64(self.initramfs_modules.len() as u64);
+        for (path, data) in &self.initramfs_modules {
+            out.str(path);
+            out.bytes(data);
+        }
+        out.u64(self.initramfs_order.len() as u64);
+        for m in &self.initramfs_order {
+            out.str(&m.name);
+            out.str(&m.path);
+        }
+        out.u64(self.root_module_count as u64);
+    }
+
+    fn decode(input: &mut Decoder) -> Result<Self> {
+        let version = input.str()?;
+        let image = input.bytes()?;
+        let initramfs_modules = (0..input.u64()?)
+            .map(|_| Ok((input.str()?, input.bytes()?)))
+            .collect::<Result<_>>()?;
+        let initramfs_order = (0..input.u64()?)
+            .map(|_| {
+                Ok(ModuleRef {
+                    name: input.str()?,
+                    path: input.str()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(KernelPayload {
+            version,
+            image,
+            initramfs_modules,
+            initramfs_order,
+            root_module_count: usize::try_from(input.u64()?)?,
+        })
+    }
 }
 
 /// Removes `/boot` from the tree, prunes the module tree to what the board

@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use crate::packages::Package;
+use crate::stage_cache::{Cacheable, Decoder, Encoder, Outcome, StageCache};
 use kernel::KernelPayload;
 use tree::{Node, Tree};
 
@@ -70,10 +71,12 @@ pub struct Root {
     pub kernel: KernelPayload,
 }
 
-pub fn compose(input: RootInput) -> Result<Root> {
-    let mut tree = unpack_all(input.packages)?;
-    let kernel = kernel::take(&mut tree, input.initramfs_modules, input.root_modules)?;
-    fixups::apply_all(&mut tree)?;
+pub fn compose(input: RootInput, cache: &StageCache) -> Result<(Root, Outcome)> {
+    let (base, outcome) =
+        cache.get_or_make("package-root", &package_root_inputs(&input), || {
+            package_root(&input)
+        })?;
+    let PackageRoot { mut tree, kernel } = base;
     for (path, node) in input.files {
         tree.insert(&path, node);
     }
@@ -84,12 +87,61 @@ pub fn compose(input: RootInput) -> Result<Root> {
     sysusers::apply(&mut tree);
     fixups::enable_units(&mut tree, &input.enable_units)?;
     fixups::os_release(&mut tree, &input.os_release);
-    Ok(Root { tree, kernel })
+    Ok((Root { tree, kernel }, outcome))
+}
+
+/// What the packages alone make, before kiln's files and the overlays: the
+/// costly part of a build (the kernel package alone is ~400 MiB of
+/// modules to decode), and the part that rarely changes.
+struct PackageRoot {
+    tree: Tree,
+    kernel: KernelPayload,
+}
+
+fn package_root(input: &RootInput) -> Result<PackageRoot> {
+    let mut tree = unpack_all(input.packages)?;
+    let kernel = kernel::take(&mut tree, input.initramfs_modules, input.root_modules)?;
+    fixups::apply_all(&mut tree)?;
+    Ok(PackageRoot { tree, kernel })
+}
+
+/// A package is known by name, version and architecture; the file size
+/// guards against a cache rebuilt with other files under the same names.
+fn package_root_inputs(input: &RootInput) -> Vec<u8> {
+    let mut text = String::new();
+    for p in input.packages {
+        let size = std::fs::metadata(&p.path).map_or(0, |m| m.len());
+        text.push_str(&format!("{} {} {} {size}\n", p.name, p.version, p.arch));
+    }
+    text.push_str(&format!(
+        "initramfs {:?}\nroot {:?}\n",
+        input.initramfs_modules, input.root_modules
+    ));
+    text.into_bytes()
+}
+
+impl Cacheable for PackageRoot {
+    fn encode(&self, out: &mut Encoder) {
+        self.tree.encode(out);
+        self.kernel.encode(out);
+    }
+    fn decode(input: &mut Decoder) -> Result<Self> {
+        Ok(PackageRoot {
+            tree: Tree::decode(input)?,
+            kernel: KernelPayload::decode(input)?,
+        })
+    }
 }
 
 /// Unpacks every package, in parallel, then merges the trees in package
 /// order so the result does not depend on thread timing.
 fn unpack_all(packages: &[Package]) -> Result<Tree> {
+    // Largest first, so the kernel package does not start last and leave
+    // the other cores idle while it decodes.
+    let mut order: Vec<usize> = (0..packages.len()).collect();
+    order.sort_by_key(|&i| {
+        std::cmp::Reverse(std::fs::metadata(&packages[i].path).map_or(0, |m| m.len()))
+    });
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<Result<Tree>>>> =
         packages.iter().map(|_| Mutex::new(None)).collect();
@@ -97,8 +149,10 @@ fn unpack_all(packages: &[Package]) -> Result<Tree> {
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(pkg) = packages.get(i) else { break };
+                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let pkg = &packages[i];
                 let mut tree = Tree::default();
                 let result = deb::unpack(&pkg.path, &mut tree).map(|_| tree);
                 *results[i].lock().expect("not poisoned") = Some(result);

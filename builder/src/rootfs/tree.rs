@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use anyhow::{bail, Result};
+
+use crate::stage_cache::{Cacheable, Decoder, Encoder};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -166,6 +170,62 @@ impl Tree {
     }
 }
 
+impl Cacheable for Tree {
+    fn encode(&self, out: &mut Encoder) {
+        out.u64(self.nodes.len() as u64);
+        for (path, node) in &self.nodes {
+            out.str(path);
+            out.u32(node.mode);
+            out.u32(node.uid);
+            out.u32(node.gid);
+            match &node.kind {
+                Kind::Dir => out.u32(0),
+                Kind::File(data) => {
+                    out.u32(1);
+                    out.bytes(data);
+                }
+                Kind::Symlink(target) => {
+                    out.u32(2);
+                    out.str(target);
+                }
+                Kind::CharDevice { major, minor } => {
+                    out.u32(3);
+                    out.u32(*major);
+                    out.u32(*minor);
+                }
+            }
+        }
+    }
+
+    fn decode(input: &mut Decoder) -> Result<Self> {
+        let mut nodes = BTreeMap::new();
+        for _ in 0..input.u64()? {
+            let path = input.str()?;
+            let (mode, uid, gid) = (input.u32()?, input.u32()?, input.u32()?);
+            let kind = match input.u32()? {
+                0 => Kind::Dir,
+                1 => Kind::File(input.bytes()?.into()),
+                2 => Kind::Symlink(input.str()?),
+                3 => Kind::CharDevice {
+                    major: input.u32()?,
+                    minor: input.u32()?,
+                },
+                tag => bail!("unknown node kind {tag}"),
+            };
+            nodes.insert(
+                path,
+                Node {
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                },
+            );
+        }
+        Ok(Tree { nodes })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +253,27 @@ mod tests {
             t.get("usr/bin/k3s").is_none(),
             "a dir replaced by a link loses its children"
         );
+    }
+
+    #[test]
+    fn tree_survives_the_stage_cache_codec() {
+        let mut t = Tree::default();
+        t.insert("usr/bin/k3s", Node::file(&b"binary"[..], 0o755));
+        t.insert("usr/bin/kubectl", Node::symlink("k3s"));
+        t.insert(
+            "dev/console",
+            Node {
+                kind: Kind::CharDevice { major: 5, minor: 1 },
+                mode: 0o600,
+                uid: 0,
+                gid: 5,
+            },
+        );
+        let mut out = Encoder::default();
+        t.encode(&mut out);
+        let data = out.into_bytes();
+        let back = Tree::decode(&mut Decoder::new(&data)).unwrap();
+        assert_eq!(back.nodes, t.nodes);
     }
 
     #[test]
