@@ -29,6 +29,9 @@ pub struct BuildReport {
     /// Bytes the sparse image really occupies on disk.
     pub image_allocated_bytes: u64,
     pub root_bytes: u64,
+    /// Bytes of file contents in the root (before compression).
+    pub root_content_bytes: u64,
+    pub k3s_bytes: u64,
     pub initramfs_bytes: u64,
     pub packages: Vec<Package>,
     pub kernel_version: String,
@@ -57,12 +60,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         plan.mirror.as_deref(),
         &plan.board.components,
     )?;
-    let apt = Apt::new(
-        &packages::cache_dir(),
-        &plan.board.suite,
-        arch.debian(),
-        &sources,
-    )?;
+    let apt = Apt::new(&plan.cache_dir, &plan.board.suite, arch.debian(), &sources)?;
     let bins = stages.run("building in-image binaries", || nodebin::build(arch))?;
     let packages = stages.run("resolving and fetching packages", || {
         warnings.extend(apt.update(plan.refresh_packages)?);
@@ -88,7 +86,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     let k3s = stages.run("getting the k3s binary", || k3s_binary(&plan.k3s, &bins))?;
 
     let cache = if plan.stage_cache {
-        StageCache::at(packages::cache_dir().join("stages"))
+        StageCache::at(plan.cache_dir.join("stages"))
     } else {
         StageCache::disabled()
     };
@@ -163,6 +161,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         }
     })?;
 
+    let k3s_bytes = k3s.binary.len();
     let esp = stages.run("writing the boot partition", || {
         // `ro`: without it systemd-remount-fs remounts `/` read-write (the
         // squashfs stays read-only underneath, but the mount should say so).
@@ -257,6 +256,8 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         image_allocated_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
         image,
         root_bytes: squash.len() as u64,
+        root_content_bytes: root.tree.content_bytes(),
+        k3s_bytes: k3s_bytes as u64,
         initramfs_bytes: initrd.len() as u64,
         packages,
         kernel_version: root.kernel.version.clone(),

@@ -17,8 +17,11 @@
 //! - [`installer`]: the USB installer stick image that carries the image.
 //! - [`stage_cache`]: stage outputs kept between builds, keyed by the hash
 //!   of their inputs.
+//! - [`bench`]: `kiln bench`, kiln's build and boot figures next to the
+//!   peer pipelines'.
 //! - [`qemu`]: boots an image under QEMU and watches its serial console.
 
+pub mod bench;
 pub mod board;
 pub mod boot;
 pub mod build;

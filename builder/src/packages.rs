@@ -30,6 +30,24 @@ pub struct Source {
     pub signed_by: Option<String>,
 }
 
+impl Source {
+    /// The one-line `deb [arch=... signed-by=...] uri suite components`
+    /// form apt and mmdebstrap read.
+    pub fn deb_line(&self, arch: &str) -> String {
+        let key = self
+            .signed_by
+            .as_ref()
+            .map(|k| format!(" signed-by={k}"))
+            .unwrap_or_default();
+        format!(
+            "deb [arch={arch}{key}] {} {} {}",
+            self.uri,
+            self.suite,
+            self.components.join(" ")
+        )
+    }
+}
+
 /// Where kiln keeps downloads between builds.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
@@ -240,22 +258,7 @@ impl Apt {
             std::fs::create_dir_all(root.join(dir))
                 .with_context(|| format!("creating {}", root.join(dir).display()))?;
         }
-        let list: String = sources
-            .iter()
-            .map(|s| {
-                let key = s
-                    .signed_by
-                    .as_ref()
-                    .map(|k| format!(" signed-by={k}"))
-                    .unwrap_or_default();
-                format!(
-                    "deb [arch={arch}{key}] {} {} {}\n",
-                    s.uri,
-                    s.suite,
-                    s.components.join(" ")
-                )
-            })
-            .collect();
+        let list: String = sources.iter().map(|s| s.deb_line(arch) + "\n").collect();
         let status = root.join("var/lib/dpkg/status");
         if !status.exists() {
             std::fs::write(&status, "")?;
@@ -551,7 +554,7 @@ fn write_if_changed(path: &Path, text: &str) -> Result<bool> {
     Ok(true)
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)

@@ -50,6 +50,9 @@ pub struct BuildPlan {
     /// Reuse stage outputs from earlier builds (`kiln build --no-cache`
     /// turns it off).
     pub stage_cache: bool,
+    /// Packages and stage outputs (`packages::cache_dir()`; `kiln bench`
+    /// points a cold build at an empty one).
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +248,7 @@ impl BuildPlan {
             refresh_packages: args.refresh_packages,
             installer,
             stage_cache: !args.no_stage_cache,
+            cache_dir: crate::packages::cache_dir(),
             outputs,
             ova: None,
         };

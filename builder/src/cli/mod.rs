@@ -1,6 +1,7 @@
 //! The command line: one struct per command, its doc comments are the help.
 //! Commands turn their arguments into plain data and call the library.
 
+mod bench;
 mod boot;
 mod build;
 mod validate;
@@ -32,6 +33,7 @@ pub enum Command {
     Boot(boot::BootCmd),
     Validate(validate::ValidateCmd),
     Boards(BoardsCmd),
+    Bench(bench::BenchCmd),
 }
 
 /// List the boards kiln can build for.
@@ -45,6 +47,7 @@ impl Cli {
             Command::Boot(cmd) => return cmd.run(),
             Command::Validate(cmd) => cmd.run(),
             Command::Boards(_) => list_boards(),
+            Command::Bench(cmd) => cmd.run(),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,9 +10,9 @@
 //!   (VMware streamOptimized), [`ova`] (OVF descriptor + manifest + VMDK in
 //!   one tar; the descriptor itself is rendered by [`ovf`]). qcow2 would go
 //!   here too. Each implements [`Container`].
-//! - **compressions** (xz, zstd) and **sidecars** (bmap, `SHA256SUMS`, Pi
-//!   Imager JSON) come later in the same shape: a plain value with the
-//!   options, a `write(raw, out)` that returns a [`Written`].
+//! - **compressions** ([`compress`]: xz, zstd) and **sidecars** (bmap,
+//!   `SHA256SUMS`, Pi Imager JSON) have the same shape: a plain value with
+//!   the options, a `write(raw, out)` that returns a [`Written`].
 //!
 //! Every writer follows the same rules, so `kiln build` can treat them alike:
 //!
@@ -35,6 +35,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 pub mod appliance;
+pub mod compress;
 pub mod ova;
 pub mod ovf;
 pub mod vmdk;

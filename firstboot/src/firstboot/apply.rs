@@ -82,6 +82,7 @@ pub fn apply(
     } else {
         say(out, "node config applied");
     }
+    super::vitals::say_memory(opts, out);
     Ok(config)
 }
 

@@ -20,6 +20,7 @@ mod files;
 pub mod fsutil;
 pub mod identity;
 mod ready;
+pub mod vitals;
 
 #[cfg(test)]
 mod tests;

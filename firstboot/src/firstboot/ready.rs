@@ -38,6 +38,7 @@ pub fn wait_ready(
             .collect();
         if missing.is_empty() {
             say(out, format!("node ready role={role}"));
+            super::vitals::say_uptime(opts, out);
             return Ok(role);
         }
         let elapsed = start.elapsed();

@@ -1,0 +1,65 @@
+//! Figures the node prints about itself for `kiln bench`: memory in use
+//! before k3s starts and the guest's own clock at ready. Read from `/proc`
+//! under [`Options::root`]; a missing file (tests, odd kernels) prints
+//! nothing rather than a guess.
+
+use std::io::Write;
+
+use super::{say, Options};
+
+/// `MemTotal - MemAvailable` of a `/proc/meminfo` text, in KiB: what the
+/// kernel could not hand to a new workload without reclaiming.
+pub fn memory_in_use_kib(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| {
+        meminfo.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+    };
+    field("MemTotal")?.checked_sub(field("MemAvailable")?)
+}
+
+/// Seconds since the kernel started, from a `/proc/uptime` text.
+pub fn uptime_secs(uptime: &str) -> Option<f64> {
+    uptime.split_whitespace().next()?.parse().ok()
+}
+
+pub(crate) fn say_memory(opts: &Options, out: &mut dyn Write) {
+    let text = std::fs::read_to_string(opts.path("/proc/meminfo")).unwrap_or_default();
+    if let Some(kib) = memory_in_use_kib(&text) {
+        say(
+            out,
+            format!("memory in use before k3s: {} MiB", kib.div_ceil(1024)),
+        );
+    }
+}
+
+pub(crate) fn say_uptime(opts: &Options, out: &mut dyn Write) {
+    let text = std::fs::read_to_string(opts.path("/proc/uptime")).unwrap_or_default();
+    if let Some(secs) = uptime_secs(&text) {
+        say(out, format!("guest uptime at ready: {secs:.2} s"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_in_use_is_total_minus_available() {
+        let meminfo = "MemTotal:        1014976 kB\nMemFree:          900000 kB\n\
+                       MemAvailable:     962000 kB\nBuffers:           1000 kB\n";
+        assert_eq!(memory_in_use_kib(meminfo), Some(52_976));
+        assert_eq!(memory_in_use_kib("MemTotal: 10 kB\n"), None);
+        assert_eq!(
+            memory_in_use_kib("MemTotal: 10 kB\nMemAvailable: 20 kB\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn uptime_is_the_first_field() {
+        assert_eq!(uptime_secs("12.34 20.01\n"), Some(12.34));
+        assert_eq!(uptime_secs(""), None);
+    }
+}
