@@ -208,6 +208,14 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
         ("1", "absent", "absent")
     );
     assert!(!console.contains("kiln-init: ERROR"));
+    // The figures `kiln bench` reads from the console, with real values.
+    let memory = kiln::bench::parse_boot("seen after 1 s", console)
+        .unwrap_or_else(|| panic!("no memory / uptime lines for kiln bench"));
+    assert!(
+        memory.memory_mib > 8.0 && memory.memory_mib < 1024.0,
+        "memory in use before k3s out of range: {memory:?}"
+    );
+    assert!(memory.guest > 0.5, "guest uptime at ready: {memory:?}");
 }
 
 #[test]

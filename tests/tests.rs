@@ -6,12 +6,14 @@
 //! - `boards`: real-hardware boards (NUC, Jetson): structural checks, and
 //!   the NUC installer's QEMU proof.
 //! - `ova`: the vmware-ova board's OVA: layout, manifest, VMDK, errors.
+//! - `bench`: `kiln bench` runs end to end (no timing is asserted).
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
 //! - `cluster`: several VMs of one image on a private network: rack mode,
 //!   joins, a wrong token, secrets on the console and in the journal.
 //!
 //! Images are built once per test run and shared (see `util::selftest_image`).
 
+mod bench;
 mod boards;
 mod boot;
 mod build;

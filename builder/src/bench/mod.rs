@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub cold: bool,
     /// Boot the image to `kiln: node ready`.
     pub boot: bool,
+    /// Write and time the `.img.xz` and `.img.zst` copies.
+    pub compress: bool,
     /// Time the peer pipelines too (needs root or user namespaces).
     pub peer: bool,
     /// Scratch space: images, peer roots, cold caches.
@@ -155,7 +157,10 @@ pub fn run(plan: &BuildPlan, opts: &BenchOptions) -> Result<BenchReport> {
             report.note("the incremental build reused no stage: is the cache dir writable?");
         }
         record_build(&mut report, "incremental build", &incremental);
-        record_sizes(&mut report, &warm.0)?;
+        record_sizes(&mut report, &warm.0);
+        if opts.compress {
+            record_compression(&mut report, &warm.0)?;
+        }
         if opts.boot {
             boot(&plan, &opts.work_dir, opts.boot_timeout, &mut report)?;
         }
@@ -194,8 +199,11 @@ fn cold_build(plan: &BuildPlan, cache: &Path, report: &mut BenchReport) -> Resul
     Ok(())
 }
 
-fn record_sizes(report: &mut BenchReport, build: &BuildReport) -> Result<()> {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn record_sizes(report: &mut BenchReport, build: &BuildReport) {
     report.record("image", "raw", "MiB", mib(build.image_bytes));
     report.record(
         "image",
@@ -214,6 +222,9 @@ fn record_sizes(report: &mut BenchReport, build: &BuildReport) -> Result<()> {
     );
     report.record("image", "k3s binary", "MiB", mib(build.k3s_bytes));
     report.record("image", "initramfs", "MiB", mib(build.initramfs_bytes));
+}
+
+fn record_compression(report: &mut BenchReport, build: &BuildReport) -> Result<()> {
     for c in [Compression::Xz, Compression::Zstd] {
         let out = build.image.with_extension(format!("img.{}", c.extension()));
         let start = Instant::now();
@@ -259,8 +270,7 @@ fn boot(plan: &BuildPlan, work: &Path, timeout: Duration, report: &mut BenchRepo
         std::fs::write(&node, BENCH_NODE)?;
         cmd.arg("--node").arg(node);
     }
-    cmd
-        .args(["--no-echo", "--timeout", &timeout.as_secs().to_string()])
+    cmd.args(["--no-echo", "--timeout", &timeout.as_secs().to_string()])
         .arg("--log")
         .arg(&log);
     for line in [READY, MEMORY, UPTIME] {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{BenchOptions, BenchReport};
+use super::{mib, BenchOptions, BenchReport};
 use crate::packages::{self, which};
 use crate::plan::BuildPlan;
 use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
@@ -56,7 +56,11 @@ pub fn fastest(report: &BenchReport, figure: &str) -> Option<(f64, &'static str)
 }
 
 pub fn run(plan: &BuildPlan, opts: &BenchOptions, report: &mut BenchReport) -> Result<()> {
-    let sources = packages::sources_for(&plan.board.suite, plan.mirror.as_deref())?;
+    let sources = packages::sources_for(
+        &plan.board.suite,
+        plan.mirror.as_deref(),
+        &plan.board.components,
+    )?;
     let mut wanted = plan.packages.clone();
     wanted.push(plan.board.kernel.package.clone());
     let is_root = packages::running_as_root();
@@ -114,7 +118,6 @@ pub fn run(plan: &BuildPlan, opts: &BenchOptions, report: &mut BenchReport) -> R
             report.record(group, "root filesystem", "s", root_secs);
             report.record(group, "squashfs (zstd)", "s", squash_secs);
             report.record(group, PIPELINE_TOTAL, "s", root_secs + squash_secs);
-            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
             report.record(group, "root files", "MiB", mib(super::dir_bytes(&job.root)));
             report.record(
                 group,
@@ -295,6 +298,7 @@ fn boot_peer_root(
     let req = BootRequest {
         image: disk.clone(),
         node_config: None,
+        nic: Default::default(),
         expect: vec!["Reached target multi-user.target".into()],
         fail_on: vec!["Kernel panic".into()],
         timeout,

@@ -38,6 +38,9 @@ pub struct BenchCmd {
     /// Skip the boots.
     #[arg(long)]
     pub no_boot: bool,
+    /// Skip writing the .img.xz and .img.zst copies.
+    #[arg(long)]
+    pub no_compress: bool,
     /// Seconds to wait for each boot.
     #[arg(long, default_value_t = 600)]
     pub boot_timeout: u64,
@@ -67,6 +70,7 @@ impl BenchCmd {
                 runs: self.runs,
                 cold: !self.no_cold,
                 boot: !self.no_boot,
+                compress: !self.no_compress,
                 peer: self.peer,
                 work_dir: self.work_dir,
                 boot_timeout: Duration::from_secs(self.boot_timeout),

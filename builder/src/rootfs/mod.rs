@@ -148,14 +148,13 @@ fn unpack_all(packages: &[Package]) -> Result<Tree> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| loop {
-                let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let pkg = &packages[i];
-                let mut tree = Tree::default();
-                let result = deb::unpack(&pkg.path, &mut tree).map(|_| tree);
-                *results[i].lock().expect("not poisoned") = Some(result);
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let pkg = &packages[i];
+                    let mut tree = Tree::default();
+                    let result = deb::unpack(&pkg.path, &mut tree).map(|_| tree);
+                    *results[i].lock().expect("not poisoned") = Some(result);
+                }
             });
         }
     });
