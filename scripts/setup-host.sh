@@ -45,7 +45,10 @@ $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continui
 # with QEMU 10.
 # The OVA tests: qemu-img (qemu-utils) checks the VMDK, xmllint
 # (libxml2-utils) the descriptor, xorriso makes the OVF environment CD.
+# `kiln bench --peer` times the pipelines a user would otherwise script:
+# mmdebstrap and mkosi, then mksquashfs (squashfs-tools).
 pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu libxml2-utils xorriso"
+pkgs_base="$pkgs_base mmdebstrap mkosi squashfs-tools"
 pkgs_qemu="qemu-system-x86 qemu-system-arm qemu-utils"
 if [ "$codename" = bookworm ]; then
   $SUDO apt-get install -y -q --no-install-recommends $pkgs_base
