@@ -241,10 +241,193 @@ fn jetson_nano_sd_card_has_what_u_boot_and_the_kernel_need() {
     }
 }
 
+/// The Jetson Nano self-test image, built once per run.
+fn nano() -> &'static BuiltImage {
+    static NANO: OnceLock<BuiltImage> = OnceLock::new();
+    NANO.get_or_init(|| build_selftest_with("jetson-nano", "selftest-build-jetson-nano", &[]))
+}
+
 /// GPT partition names in table order.
 fn partition_names(image: &std::path::Path) -> Vec<String> {
     let mut file = std::fs::File::open(image).unwrap();
     let sectors = file.metadata().unwrap().len() / 512;
     let table = kiln_node::gpt::read(&mut file, sectors).unwrap();
     table.partitions.into_iter().map(|p| p.name).collect()
+}
+
+/// A stand-in for what a Jetson Orin user supplies from JetPack (L4T's
+/// `Image`, a tar of its `lib/modules/<version>/`, the board's DTB): made
+/// from Debian's arm64 kernel package in kiln's package cache (the Nano
+/// build put it there), since no L4T kernel is reachable here. The tar
+/// carries the module directories the board's lists need, not all 400 MB.
+struct SuppliedKernel {
+    image: PathBuf,
+    modules: PathBuf,
+    dtb: PathBuf,
+}
+
+fn stand_in_l4t_kernel(dir: &std::path::Path) -> SuppliedKernel {
+    let apt = kiln::packages::cache_dir().join("apt");
+    let deb = std::fs::read_dir(&apt)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| {
+            std::fs::read_dir(d.path().join("var/cache/apt/archives"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("linux-image-6") && n.ends_with("_arm64.deb") && !n.contains("-dbg")
+        })
+        .expect("the arm64 kernel package in kiln's cache (built jetson-nano first)");
+    let mut tree = kiln::rootfs::tree::Tree::default();
+    kiln::rootfs::deb::unpack(&deb, &mut tree).unwrap();
+    let data = |n: &kiln::rootfs::tree::Node| match &n.kind {
+        kiln::rootfs::tree::Kind::File(d) => Some(d.to_vec()),
+        _ => None,
+    };
+    let (image_path, image) = tree
+        .below("boot")
+        .find(|(p, _)| p.starts_with("boot/vmlinuz-"))
+        .map(|(p, n)| (p.clone(), data(n).unwrap()))
+        .unwrap();
+    let version = image_path.trim_start_matches("boot/vmlinuz-").to_string();
+    let keep = [
+        "block/",
+        "fs/",
+        "net/",
+        "lib/",
+        "crypto/",
+        "drivers/nvme/",
+        "drivers/net/vxlan/",
+    ];
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, node) in tree.below(&format!("usr/lib/modules/{version}")) {
+        let rel = path
+            .trim_start_matches("usr/lib/modules/")
+            .trim_start_matches(&version);
+        let in_kernel = rel.trim_start_matches("/kernel/");
+        let wanted = !rel.starts_with("/kernel/")
+            || keep.iter().any(|k| in_kernel.starts_with(k))
+            || in_kernel
+                .strip_prefix("drivers/net/")
+                .is_some_and(|f| !f.contains('/'));
+        if let (true, Some(bytes)) = (wanted, data(node)) {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, format!("./lib/modules/{version}{rel}"), &bytes[..])
+                .unwrap();
+        }
+    }
+    let dtb = tree
+        .file_data(&format!(
+            "usr/lib/linux-image-{version}/nvidia/tegra210-p2371-2180.dtb"
+        ))
+        .unwrap()
+        .to_vec();
+    let files = SuppliedKernel {
+        image: dir.join("Image"),
+        modules: dir.join("kernel_supplements.tar"),
+        dtb: dir.join("tegra-stand-in.dtb"),
+    };
+    std::fs::write(&files.image, image).unwrap();
+    std::fs::write(&files.modules, tar.into_inner().unwrap()).unwrap();
+    std::fs::write(&files.dtb, dtb).unwrap();
+    files
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    kiln::packages::sha256_file(path).unwrap()
+}
+
+/// The Jetson Orin disk: an ESP first with systemd-boot where UEFI looks
+/// (`EFI/BOOT/BOOTAA64.EFI`), the supplied kernel and DTB on it, a loader
+/// entry with `devicetree` and the Tegra serial console, and the supplied
+/// kernel's modules in the initramfs and root. A wrong checksum and a spec
+/// without a kernel are refused.
+#[test]
+fn jetson_orin_disk_boots_the_supplied_kernel_with_its_dtb() {
+    let _nano_fills_the_cache = nano();
+    let dir = scratch("build-jetson-orin");
+    let k = stand_in_l4t_kernel(&dir);
+    let spec = |image_sum: &str| {
+        format!(
+            "name: orin\nboard: jetson-orin\nk3s: {{test-double: true}}\nkernel:\n  \
+             image: {{path: Image, sha256: {image_sum}}}\n  \
+             modules: {{path: kernel_supplements.tar, sha256: {}}}\n  \
+             dtb: {{path: tegra-stand-in.dtb, sha256: {}}}\n",
+            sha256(&k.modules),
+            sha256(&k.dtb)
+        )
+    };
+    let build = |text: &str| {
+        std::fs::write(dir.join("spec.yaml"), text).unwrap();
+        crate::util::run(
+            crate::util::kiln()
+                .arg("build")
+                .arg(dir.join("spec.yaml"))
+                .arg("--out")
+                .arg(dir.join("out")),
+        )
+    };
+    build("board: jetson-orin\nk3s: {test-double: true}\n").failure(
+        1,
+        "board jetson-orin has no kernel package: the spec must supply the kernel",
+    );
+    build(&spec(&"0".repeat(64))).failure(1, "checksum mismatch for the kernel image");
+    assert!(!dir.join("out/orin.img").exists());
+    build(&spec(&sha256(&k.image))).success();
+    let image = dir.join("out/orin.img");
+
+    assert_eq!(
+        partition_names(&image),
+        [
+            layout::ESP_PARTITION,
+            layout::ROOT_A_PARTITION,
+            layout::ROOT_B_PARTITION,
+            layout::DATA_PARTITION
+        ]
+    );
+    let esp = partition(&image, layout::ESP_PARTITION);
+    assert!(fat_file(esp.clone(), "EFI/BOOT/BOOTAA64.EFI").starts_with(b"MZ"));
+    assert_eq!(
+        fat_file(esp.clone(), "kiln/vmlinuz"),
+        std::fs::read(&k.image).unwrap()
+    );
+    assert_eq!(
+        fat_file(esp.clone(), "dtbs/tegra-stand-in.dtb"),
+        std::fs::read(&k.dtb).unwrap()
+    );
+    let entry = String::from_utf8(fat_file(esp.clone(), "loader/entries/kiln.conf")).unwrap();
+    assert!(
+        entry.contains("devicetree /dtbs/tegra-stand-in.dtb\n"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("options console=tty0 console=ttyTCU0,115200 "),
+        "{entry}"
+    );
+    let initrd = fat_file(esp, "kiln/initrd.img");
+    let list = String::from_utf8(cpio_file(&initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
+    for module in ["nvme", "ext4", "vfat", "squashfs", "overlay"] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
+            "initramfs lacks {module}:\n{list}"
+        );
+    }
+    let root = squashfs_paths(&partition(&image, layout::ROOT_A_PARTITION));
+    assert!(
+        root.iter().any(|p| p.ends_with("/vxlan.ko")),
+        "root lacks vxlan"
+    );
+    assert!(
+        root.iter()
+            .any(|p| p.starts_with("/usr/lib/modules/") && p.ends_with("/modules.dep")),
+        "depmod ran over the supplied modules"
+    );
 }

@@ -145,8 +145,10 @@ impl Microcode {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Kernel {
-    /// Debian metapackage that pulls the kernel (e.g. `linux-image-amd64`).
-    pub package: String,
+    /// Debian metapackage that pulls the kernel (e.g. `linux-image-amd64`);
+    /// none: the spec must supply the kernel (`kernel:`).
+    #[serde(default)]
+    pub package: Option<String>,
     /// Kernel command line; kiln adds its own `kiln.*` keys.
     pub cmdline: String,
     /// Device tree the boot loader hands the kernel, from the kernel

@@ -67,9 +67,17 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         // The kernel package depends on initramfs-tools, perl and more that
         // a kiln root never uses (kiln makes the initramfs): resolve it on
         // its own (alongside, each apt run is mostly start-up) and take only
-        // the kernel image packages from its closure.
+        // the kernel image packages from its closure. A kernel the spec
+        // supplies replaces the board's package.
+        let package = match &plan.kernel {
+            None => plan.board.kernel.package.as_ref(),
+            Some(_) => None,
+        };
         let (packages, kernel) = std::thread::scope(|s| {
-            let kernel = s.spawn(|| apt.fetch(std::slice::from_ref(&plan.board.kernel.package)));
+            let kernel = s.spawn(|| match package {
+                Some(p) => apt.fetch(std::slice::from_ref(p)),
+                None => Ok(Vec::new()),
+            });
             let packages = apt.fetch(&plan.packages);
             (packages, kernel.join().expect("kernel resolution panicked"))
         });
@@ -84,6 +92,16 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         Ok(packages)
     })?;
     let k3s = stages.run("getting the k3s binary", || k3s_binary(&plan.k3s, &bins))?;
+    let supplied = match &plan.kernel {
+        Some(k) => Some(stages.run("getting the supplied kernel", || {
+            rootfs::supplied_kernel::fetch(k)
+        })?),
+        None => None,
+    };
+    let (kernel_files, supplied_dtb) = match supplied {
+        Some(s) => (s.files, s.dtb),
+        None => (Vec::new(), None),
+    };
 
     let cache = if plan.stage_cache {
         StageCache::at(plan.cache_dir.join("stages"))
@@ -138,6 +156,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
                 os_release: os_release(plan, &k3s),
                 initramfs_modules: &plan.board.initramfs_modules,
                 root_modules: &plan.board.root_modules,
+                kernel_files,
             },
             &cache,
         )?;
@@ -170,12 +189,13 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
             plan.board.kernel.cmdline,
             layout::ROOT_A_PARTITION
         );
-        let dtb = match &plan.board.kernel.dtb {
-            Some(path) => Some((
+        let dtb = match (&supplied_dtb, &plan.board.kernel.dtb) {
+            (Some((name, data)), _) => Some((name.as_str(), data.clone())),
+            (None, Some(path)) => Some((
                 path.as_str(),
                 board_dtb(&root.tree, &root.kernel.version, path)?,
             )),
-            None => None,
+            (None, None) => None,
         };
         let input = BootInput {
             kernel: &root.kernel.image,

@@ -12,6 +12,7 @@ use crate::boot;
 use crate::output::appliance::{appliance, ApplianceInput, SettingError};
 use crate::output::ova::Ova;
 use crate::output::Format;
+use crate::rootfs::supplied_kernel::{FileRef, KernelPlan};
 use crate::rootfs::BASE_PACKAGES;
 use crate::spec::{locate_in, locate_key, InstallSpec, OvaSettings, Spec};
 
@@ -53,6 +54,8 @@ pub struct BuildPlan {
     /// Packages and stage outputs (`packages::cache_dir()`; `kiln bench`
     /// points a cold build at an empty one).
     pub cache_dir: PathBuf,
+    /// The kernel the spec supplies; none: the board's kernel package.
+    pub kernel: Option<KernelPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +208,24 @@ impl BuildPlan {
             (None, Err(_)) => DEFAULT_EPOCH,
         };
 
+        let file_ref = |f: &crate::spec::FileSource| match (&f.path, &f.url) {
+            (Some(p), _) => FileRef::Path(spec_dir.join(p), f.sha256.clone()),
+            (None, Some(u)) => FileRef::Url(u.clone(), f.sha256.clone()),
+            (None, None) => unreachable!("Spec::parse checks the kernel sources"),
+        };
+        let kernel = spec.kernel.as_ref().map(|k| KernelPlan {
+            image: file_ref(&k.image),
+            modules: file_ref(&k.modules),
+            dtb: k.dtb.as_ref().map(file_ref),
+        });
+        if kernel.is_none() && board.kernel.package.is_none() {
+            bail!(
+                "board {} has no kernel package: the spec must supply the kernel \
+                 (kernel: {{image: ..., modules: ..., dtb: ...}}, each a path or url with sha256; \
+                 see the board's section in the README)",
+                board.name
+            );
+        }
         let installer = spec
             .install
             .clone()
@@ -251,6 +272,7 @@ impl BuildPlan {
             cache_dir: crate::packages::cache_dir(),
             outputs,
             ova: None,
+            kernel,
         };
         let spec_file = args.spec.as_deref().unwrap_or(Path::new("spec"));
         plan.ova = plan_ova(&plan, spec.ova.as_ref(), &spec_text, spec_file)?;

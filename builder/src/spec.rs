@@ -37,12 +37,36 @@ pub struct Spec {
     pub mirror: Option<String>,
     /// Timestamp clamp for reproducible output; default: a fixed epoch.
     pub source_date_epoch: Option<u64>,
+    /// A kernel the user supplies instead of the board's Debian kernel
+    /// (Jetson Orin: JetPack's L4T kernel, modules and device tree).
+    pub kernel: Option<KernelSpec>,
     /// Also build an installer stick image (`<name>-installer.img`), with
     /// these rules for the target disk. `kiln build --installer` is the
     /// same as `install: {}`.
     pub install: Option<InstallSpec>,
     /// The virtual machine of the OVA/OVF outputs (vSphere).
     pub ova: Option<OvaSettings>,
+}
+
+/// A supplied kernel: each file by path (relative to the spec) or URL,
+/// always with its sha256.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KernelSpec {
+    /// The kernel image the boot loader starts (arm64: `Image`).
+    pub image: FileSource,
+    /// A tar (plain, .gz, .xz or .zst) of `lib/modules/<version>/`.
+    pub modules: FileSource,
+    /// The board's device tree blob.
+    pub dtb: Option<FileSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSource {
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub sha256: String,
 }
 
 /// How the installer picks and treats its target disk.
@@ -215,6 +239,29 @@ impl Spec {
                 }
             }
         }
+        if let Some(k) = &self.kernel {
+            let files = [
+                ("image", Some(&k.image)),
+                ("modules", Some(&k.modules)),
+                ("dtb", k.dtb.as_ref()),
+            ];
+            for (key, source) in files {
+                let Some(source) = source else { continue };
+                if source.path.is_some() == source.url.is_some() {
+                    return Err(err(
+                        key,
+                        format!("kernel {key} needs exactly one of `path` or `url`"),
+                    ));
+                }
+                let sum = &source.sha256;
+                if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(err(
+                        key,
+                        format!("kernel {key} sha256 `{sum}` is not 64 hex digits"),
+                    ));
+                }
+            }
+        }
         if let Some(dev) = self.install.as_ref().and_then(|i| i.device.as_ref()) {
             let ok = dev.starts_with("/dev/")
                 && dev.len() > 5
@@ -356,6 +403,36 @@ mod tests {
         assert!(e.message.contains("only one"), "{e}");
         let e = parse("board: b\nk3s: {}\n").unwrap_err();
         assert!(e.message.contains("needs one of"), "{e}");
+    }
+
+    #[test]
+    fn supplied_kernel_is_checked() {
+        let sum = "a".repeat(64);
+        let s = parse(&format!(
+            "board: b\nkernel:\n  image: {{path: Image, sha256: {sum}}}\n  modules: {{url: https://x.invalid/m.tar, sha256: {sum}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.kernel.unwrap().image.path.unwrap(),
+            PathBuf::from("Image")
+        );
+        let e = parse(&format!(
+            "board: b\nkernel:\n  image: {{path: Image, sha256: {sum}}}\n  modules: {{sha256: {sum}}}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.message.contains("kernel modules needs exactly one of"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(4));
+        let e =
+            parse("board: b\nkernel:\n  image: {path: Image}\n  modules: {path: m}\n").unwrap_err();
+        assert!(e.message.contains("missing field `sha256`"), "{e}");
+        let e = parse(&format!(
+            "board: b\nkernel:\n  image: {{path: I, sha256: {sum}}}\n  modules: {{path: m, sha256: {sum}}}\n  dtb: {{path: d, sha256: nope}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("kernel dtb sha256 `nope`"), "{e}");
     }
 
     #[test]

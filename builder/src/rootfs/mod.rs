@@ -6,6 +6,7 @@ pub mod deb;
 pub mod fixups;
 pub mod kernel;
 pub mod overlay;
+pub mod supplied_kernel;
 pub mod sysusers;
 pub mod tree;
 
@@ -64,6 +65,9 @@ pub struct RootInput<'a> {
     pub os_release: BTreeMap<&'static str, String>,
     pub initramfs_modules: &'a [String],
     pub root_modules: &'a [String],
+    /// A kernel the spec supplies: image and module tree, placed where a
+    /// kernel package puts them, before the kernel is taken out.
+    pub kernel_files: Vec<(String, Node)>,
 }
 
 pub struct Root {
@@ -100,6 +104,9 @@ struct PackageRoot {
 
 fn package_root(input: &RootInput) -> Result<PackageRoot> {
     let mut tree = unpack_all(input.packages)?;
+    for (path, node) in &input.kernel_files {
+        tree.insert(path, node.clone());
+    }
     let kernel = kernel::take(&mut tree, input.initramfs_modules, input.root_modules)?;
     fixups::apply_all(&mut tree)?;
     Ok(PackageRoot { tree, kernel })
@@ -117,6 +124,16 @@ fn package_root_inputs(input: &RootInput) -> Vec<u8> {
         "initramfs {:?}\nroot {:?}\n",
         input.initramfs_modules, input.root_modules
     ));
+    // A supplied kernel is known by its files' contents.
+    for (path, node) in &input.kernel_files {
+        let sum = match &node.kind {
+            tree::Kind::File(data) => {
+                crate::packages::hex(&<sha2::Sha256 as sha2::Digest>::digest(data))
+            }
+            _ => String::new(),
+        };
+        text.push_str(&format!("supplied {path} {sum}\n"));
+    }
     text.into_bytes()
 }
 
