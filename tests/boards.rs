@@ -50,25 +50,22 @@ fn nuc_image_carries_its_drivers_firmware_and_microcode() {
         "kernel/x86/microcode/GenuineIntel.bin",
     );
     assert!(ucode.len() > 1 << 20, "microcode is {} bytes", ucode.len());
-    let list = String::from_utf8(cpio_file(&initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
-    for module in [
-        "nvme",
-        "vmd",
-        "ahci",
-        "xhci-pci",
-        "usb-storage",
-        "uas",
-        "sd_mod",
-        "ext4",
-        "vfat",
-        "squashfs",
-        "overlay",
-    ] {
-        assert!(
-            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
-            "initramfs lacks {module}:\n{list}"
-        );
-    }
+    assert_initramfs_has(
+        &initrd,
+        &[
+            "nvme",
+            "vmd",
+            "ahci",
+            "xhci-pci",
+            "usb-storage",
+            "uas",
+            "sd_mod",
+            "ext4",
+            "vfat",
+            "squashfs",
+            "overlay",
+        ],
+    );
 
     let root = squashfs_paths(&partition(&built.image, layout::ROOT_A_PARTITION));
     for module in [
@@ -208,21 +205,18 @@ fn jetson_nano_sd_card_has_what_u_boot_and_the_kernel_need() {
     assert_eq!(&kernel[56..60], b"ARM\x64", "an arm64 Image");
 
     let initrd = fat_file(boot, "kiln/initrd.img");
-    let list = String::from_utf8(cpio_file(&initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
-    for module in [
-        "i2c-tegra",
-        "max77620-regulator",
-        "sdhci-tegra",
-        "ext4",
-        "vfat",
-        "squashfs",
-        "overlay",
-    ] {
-        assert!(
-            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
-            "initramfs lacks {module}:\n{list}"
-        );
-    }
+    assert_initramfs_has(
+        &initrd,
+        &[
+            "i2c-tegra",
+            "max77620-regulator",
+            "sdhci-tegra",
+            "ext4",
+            "vfat",
+            "squashfs",
+            "overlay",
+        ],
+    );
     let root = squashfs_paths(&partition(&built.image, layout::ROOT_A_PARTITION));
     for module in ["r8169", "xhci-tegra", "phy-tegra-xusb"] {
         assert!(
@@ -245,6 +239,18 @@ fn jetson_nano_sd_card_has_what_u_boot_and_the_kernel_need() {
 fn nano() -> &'static BuiltImage {
     static NANO: OnceLock<BuiltImage> = OnceLock::new();
     NANO.get_or_init(|| build_selftest_with("jetson-nano", "selftest-build-jetson-nano", &[]))
+}
+
+/// The initramfs's module list names each of `modules` (as `<name>.ko`).
+#[track_caller]
+fn assert_initramfs_has(initrd: &[u8], modules: &[&str]) {
+    let list = String::from_utf8(cpio_file(initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
+    for module in modules {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
+            "initramfs lacks {module}:\n{list}"
+        );
+    }
 }
 
 /// GPT partition names in table order.
@@ -413,13 +419,7 @@ fn jetson_orin_disk_boots_the_supplied_kernel_with_its_dtb() {
         "{entry}"
     );
     let initrd = fat_file(esp, "kiln/initrd.img");
-    let list = String::from_utf8(cpio_file(&initrd, layout::INITRAMFS_MODULE_LIST)).unwrap();
-    for module in ["nvme", "ext4", "vfat", "squashfs", "overlay"] {
-        assert!(
-            list.lines().any(|l| l.ends_with(&format!("/{module}.ko"))),
-            "initramfs lacks {module}:\n{list}"
-        );
-    }
+    assert_initramfs_has(&initrd, &["nvme", "ext4", "vfat", "squashfs", "overlay"]);
     let root = squashfs_paths(&partition(&image, layout::ROOT_A_PARTITION));
     assert!(
         root.iter().any(|p| p.ends_with("/vxlan.ko")),
