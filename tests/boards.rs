@@ -431,3 +431,36 @@ fn jetson_orin_disk_boots_the_supplied_kernel_with_its_dtb() {
         "depmod ran over the supplied modules"
     );
 }
+
+/// The Nano's userland and initramfs under QEMU: the same image on arm64
+/// `virt`, QEMU starting extlinux.conf's kernel, initramfs and command
+/// line (U-Boot and the Tegra device tree swapped out), node.yaml on the
+/// boot partition as a user drops it on the card: the node comes up with
+/// the first-boot facts every board shows.
+#[test]
+fn jetson_nano_userland_boots_on_virt_with_the_same_kernel() {
+    let dir = scratch("boot-jetson-nano");
+    let image = copy_image(&nano().image, &dir);
+    let node = dir.join("node.yaml");
+    std::fs::write(&node, NODE_AT_BOOT).unwrap();
+    let grow = DISK_BYTES.to_string();
+    let (r, console) = boot(
+        &image,
+        Some(&node),
+        &[&["--grow", &grow][..], &BOOT_ARGS[..]].concat(),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "Nano image on virt failed: {}\n{console}",
+        r.stderr
+    );
+    check_first_boot(
+        &console,
+        &Expected {
+            source: "boot partition node.yaml",
+            machine: "aarch64",
+        },
+    );
+    eprintln!("jetson-nano on virt: {}", r.stderr.trim());
+}

@@ -188,6 +188,11 @@ pub struct QemuBoard {
     pub console_serial: u32,
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub firmware: QemuFirmware,
+    /// Added to the kernel command line when QEMU starts the kernel itself
+    /// (`esp-kernel`): the emulated machine's console, for a board whose
+    /// own console device QEMU does not have.
+    #[serde(default)]
+    pub append: Option<String>,
     /// How `kiln boot --node` hands the node config to the guest.
     #[serde(default)]
     pub node_config: QemuNodeConfig,

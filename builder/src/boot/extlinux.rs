@@ -10,12 +10,15 @@ use anyhow::Result;
 use super::{BootFiles, BootInput};
 use crate::fs::fat::FatFile;
 
+/// Where U-Boot looks for the config on the boot partition.
+pub const CONFIG: &str = "extlinux/extlinux.conf";
+
 /// The boot partition's files, sorted by path. Paths in the config are
 /// relative to the partition's root.
 pub fn boot_files(input: &BootInput) -> Result<BootFiles> {
     let mut files = vec![
         FatFile {
-            path: "extlinux/extlinux.conf".into(),
+            path: CONFIG.into(),
             data: config(&input.cmdline, input.dtb.as_ref().map(|d| d.boot_path())).into_bytes(),
         },
         FatFile {

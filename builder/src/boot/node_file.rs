@@ -67,10 +67,12 @@ fn read_esp(file: &mut File, image: &Path) -> Result<(u64, Vec<u8>)> {
     Ok((offset, bytes))
 }
 
-/// What systemd-boot would start: the kernel and initrd named by the
-/// image's loader entry ([`super::uefi::entry`]), copied into `dir`, and
-/// the entry's command line. For QEMU machines whose firmware cannot read
-/// the disk (OVMF has no pvscsi driver): QEMU starts the same kernel.
+/// What the boot loader would start: the kernel and initrd named by the
+/// image's systemd-boot entry ([`super::uefi::entry`]) or, without one,
+/// its `extlinux.conf` ([`super::extlinux::config`]), copied into `dir`,
+/// and the command line. For QEMU machines whose firmware cannot read the
+/// disk (OVMF has no pvscsi driver) or is not emulated (the Jetson Nano's
+/// U-Boot): QEMU starts the same kernel.
 pub fn loader_entry(image: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
     let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let (_, esp) = read_esp(&mut file, image)?;
@@ -89,20 +91,27 @@ pub fn loader_entry(image: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Strin
             })?;
         Ok(data)
     };
-    let entry =
-        String::from_utf8(read(super::uefi::ENTRY)?).context("the loader entry is not text")?;
+    let (conf, [linux, initrd_key, options]) = match read(super::uefi::ENTRY) {
+        Ok(data) => (data, ["linux", "initrd", "options"]),
+        Err(_) => (
+            read(super::extlinux::CONFIG)
+                .with_context(|| format!("no {} either", super::uefi::ENTRY))?,
+            ["kernel", "initrd", "append"],
+        ),
+    };
+    let entry = String::from_utf8(conf).context("the boot loader's entry is not text")?;
     let field = |key: &str| {
         entry
             .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .find_map(|l| l.trim_start().strip_prefix(key)?.strip_prefix(' '))
             .map(str::trim)
-            .with_context(|| format!("{} has no `{key}` line", super::uefi::ENTRY))
+            .with_context(|| format!("the boot loader's entry has no `{key}` line"))
     };
     let kernel = dir.join("vmlinuz");
-    std::fs::write(&kernel, read(field("linux")?)?)?;
+    std::fs::write(&kernel, read(field(linux)?)?)?;
     let initrd = dir.join("initrd.img");
-    std::fs::write(&initrd, read(field("initrd")?)?)?;
-    Ok((kernel, initrd, field("options")?.to_string()))
+    std::fs::write(&initrd, read(field(initrd_key)?)?)?;
+    Ok((kernel, initrd, field(options)?.to_string()))
 }
 
 #[cfg(test)]

@@ -199,6 +199,10 @@ impl BootCmd {
             QemuFirmware::EspKernel {} => {
                 let (kernel, initrd, append) =
                     crate::boot::node_file::loader_entry(&self.image, scratch.path())?;
+                let append = match &q.append {
+                    Some(extra) => format!("{append} {extra}"),
+                    None => append,
+                };
                 let firmware = Firmware::Kernel {
                     kernel,
                     initrd: Some(initrd),
