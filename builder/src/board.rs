@@ -45,7 +45,30 @@ pub struct Board {
     /// What `kiln build` writes besides the raw image (`--format` overrides).
     #[serde(default)]
     pub outputs: Vec<Format>,
+    /// What the Raspberry Pi firmware needs (boot flavor `raspi-firmware`).
+    #[serde(default)]
+    pub raspi: Option<RaspiBoard>,
     pub qemu: Option<QemuBoard>,
+}
+
+/// The Raspberry Pi boot partition, beyond kernel and initramfs: the files
+/// of Debian's `raspi-firmware` package the board's SoCs need, the device
+/// trees of the board's models, and `config.txt` sections.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RaspiBoard {
+    /// File names in `/usr/lib/raspi-firmware` (`bootcode.bin`, `start.elf`, ...).
+    pub firmware: Vec<String>,
+    /// Device tree blobs from the kernel package (`bcm2837-rpi-3-b.dtb`).
+    pub dtbs: Vec<String>,
+    /// Device tree overlays from the kernel package's `overlays/`
+    /// (Debian's kernels ship none today).
+    #[serde(default)]
+    pub overlays: Vec<String>,
+    /// `config.txt` lines per conditional section (`all`, `pi3`, `pi4`...),
+    /// after kiln's own `[all]` lines.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 fn main_only() -> Vec<String> {
@@ -106,6 +129,9 @@ pub enum BootFlavor {
     /// GPT + FAT boot partition with `extlinux/extlinux.conf`, read by
     /// U-Boot's distro boot (most ARMv7 boards).
     UbootExtlinux,
+    /// MBR + FAT boot partition read by the Raspberry Pi's own firmware
+    /// (`config.txt`, `cmdline.txt`, kernel, initramfs, DTBs).
+    RaspiFirmware,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -167,6 +193,17 @@ pub struct DiskLayout {
     pub root_slot_mib: u64,
     /// Size of the data partition as shipped; it grows on first boot.
     pub data_mib: u64,
+    #[serde(default)]
+    pub partition_table: PartitionTable,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionTable {
+    #[default]
+    Gpt,
+    /// DOS partition table: what the Raspberry Pi boot ROM reads.
+    Mbr,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -198,6 +235,9 @@ pub struct QemuBoard {
     pub node_config: QemuNodeConfig,
     /// Debian packages that provide `binary` and the firmware (for errors).
     pub host_packages: Vec<String>,
+    /// More QEMU arguments (`-usb` for the Pi's USB NIC).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -216,6 +256,16 @@ pub enum QemuFirmware {
     /// systemd-boot entry itself: for disks the firmware QEMU has cannot
     /// read (Debian's OVMF has no pvscsi driver; VMware's firmware has).
     EspKernel {},
+    /// No firmware QEMU can run (the Pi's VideoCore firmware): kernel,
+    /// initramfs and `cmdline.txt` are read from the image's own boot
+    /// partition the way `config.txt` names them, with this device tree
+    /// from it, and passed to QEMU directly.
+    BootPartition {
+        dtb: String,
+        /// Appended to `cmdline.txt`'s line (QEMU-only needs).
+        #[serde(default)]
+        append: String,
+    },
 }
 
 /// How a node config given at boot reaches the guest under QEMU.
@@ -277,7 +327,49 @@ impl Board {
     }
 
     pub fn parse(text: &str, file: &Path) -> Result<Board, SpecError> {
-        serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))
+        let board: Board =
+            serde_yaml::from_str(text).map_err(|e| SpecError::from_yaml(&e, file))?;
+        board.check().map_err(|message| {
+            let key = message.split(':').next().unwrap_or_default();
+            let (line, column) = crate::spec::locate_key(text, key);
+            SpecError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        })?;
+        Ok(board)
+    }
+
+    /// What serde cannot check: fields that only make sense together.
+    fn check(&self) -> Result<(), String> {
+        let raspi = self.boot == BootFlavor::RaspiFirmware;
+        if raspi && self.disk.partition_table != PartitionTable::Mbr {
+            return Err(
+                "boot: raspi-firmware needs `disk: {partition-table: mbr}`: \
+                        the Pi's boot ROM reads only MBR"
+                    .into(),
+            );
+        }
+        if raspi != self.raspi.is_some() {
+            return Err(if raspi {
+                "boot: raspi-firmware needs a `raspi:` section (firmware, dtbs)".into()
+            } else {
+                "raspi: this section is only for boot: raspi-firmware".into()
+            });
+        }
+        if let Some(q) = &self.qemu {
+            let direct = matches!(q.firmware, QemuFirmware::BootPartition { .. });
+            if direct != (q.disk_device == "sd") {
+                return Err(
+                    "qemu: the Pi machines need `firmware: boot-partition` with \
+                            `disk-device: sd`, and only they"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kiln_node::gpt::Guid;
-use kiln_node::layout;
+use kiln_node::{layout, mbr};
 
+use crate::board::PartitionTable;
 use crate::boot::{self, BootInput};
+use crate::disk::image::DiskTable;
 use crate::disk::layout::place;
 use crate::fs::{ext4, fat, squashfs};
 use crate::nodebin::{self, NodeBinaries};
@@ -181,10 +183,11 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
     })?;
 
     let k3s_bytes = k3s.binary.len();
+    let disk_table = disk_table(plan);
     let esp = stages.run("writing the boot partition", || {
         // `ro`: without it systemd-remount-fs remounts `/` read-write (the
         // squashfs stays read-only underneath, but the mount should say so).
-        let cmdline = format!(
+        let mut cmdline = format!(
             "{} ro kiln.root={}",
             plan.board.kernel.cmdline,
             layout::ROOT_A_PARTITION
@@ -197,18 +200,24 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
             )),
             (None, None) => None,
         };
+        // MBR partitions have no names: kiln-init finds the disk by its
+        // signature and the partitions by number.
+        if let DiskTable::Mbr { disk_id } = disk_table {
+            cmdline.push_str(&format!(" kiln.mbr={}", mbr::disk_id_text(disk_id)));
+        }
         let input = BootInput {
             kernel: &root.kernel.image,
             initrd: &initrd,
+            kernel_version: &root.kernel.version,
             cmdline,
             dtb: dtb.as_ref().map(|(path, data)| boot::Dtb { path, data }),
         };
-        let files = boot::boot_files(plan.board.boot, &mut root.tree, arch, &input)?;
+        let files = boot::boot_files(&plan.board, &mut root.tree, &input)?;
         let volume = plan.derive("esp-volume-id");
         let fat = fat::build(
             &fat::FatSpec {
                 size_bytes: plan.board.disk.esp_mib << 20,
-                label: "KILN-ESP".into(),
+                label: boot::volume_label(plan.board.boot).into(),
                 volume_id: u32::from_le_bytes(volume[..4].try_into().expect("4 bytes")),
                 fat32: true,
                 mtime: plan.epoch,
@@ -239,13 +248,12 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
 
     let image = plan.image_path();
     stages.run("writing the disk image", || {
-        let guid = |what: &str| Guid::from_hash(&plan.derive(what));
         let plans = crate::disk::partitions(plan);
         let layout = place(&plans);
         crate::disk::image::write(
             &image,
             &layout,
-            guid("disk"),
+            disk_table,
             &[Some(&esp), Some(&squash), None, Some(&data)],
         )
     })?;
@@ -384,6 +392,22 @@ fn write_outputs(
         }
     }
     Ok(done)
+}
+
+/// The partition table the board asks for, its identity derived from the
+/// spec (so two builds give the same bytes).
+fn disk_table(plan: &BuildPlan) -> DiskTable {
+    match plan.board.disk.partition_table {
+        PartitionTable::Gpt => DiskTable::Gpt {
+            disk_guid: Guid::from_hash(&plan.derive("disk")),
+        },
+        PartitionTable::Mbr => {
+            let h = plan.derive("mbr-disk-id");
+            // Zero means "no signature" to some tools.
+            let id = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+            DiskTable::Mbr { disk_id: id.max(1) }
+        }
+    }
 }
 
 /// The build record next to an image (`<name>.json`): what `kiln boot`

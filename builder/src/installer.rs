@@ -124,6 +124,7 @@ pub fn write(
         name: name.into(),
         type_guid,
         unique_guid: guid(&format!("installer-partition-{name}")),
+        mbr_type: 0,
         size_bytes,
     });
     let disk = place(&plans);
@@ -134,7 +135,10 @@ pub fn write(
         .out_dir
         .join(format!(".{}-installer.img.partial", plan.name));
     let result = (|| {
-        crate::disk::image::write(&partial, &disk, guid("installer-disk"), &[Some(&esp), None])?;
+        let table = crate::disk::image::DiskTable::Gpt {
+            disk_guid: guid("installer-disk"),
+        };
+        crate::disk::image::write(&partial, &disk, table, &[Some(&esp), None])?;
         let mut out = OpenOptions::new().write(true).open(&partial)?;
         copy_ranges(&mut source, &mut out, disk.partitions[1].offset, &map)?;
         out.sync_all().context("syncing the installer image")?;

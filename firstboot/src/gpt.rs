@@ -22,7 +22,7 @@
 use std::io::{self, Read, Seek, Write};
 
 mod guid;
-mod ondisk;
+pub(crate) mod ondisk;
 
 pub use guid::{types, Guid};
 use ondisk::{
@@ -40,6 +40,14 @@ pub const FIRST_USABLE_LBA: u64 = 34;
 /// [`grow_last_partition`] ends the partition on a multiple of this many
 /// sectors (1 MiB), minus one.
 pub const GROW_ALIGN_SECTORS: u64 = 2048;
+
+/// Where a grown last partition ends: at `last_usable` rounded down to
+/// [`GROW_ALIGN_SECTORS`] (minus one), never before `current_last` (shared
+/// by the GPT and the MBR grower).
+pub fn grown_last_lba(last_usable: u64, current_last: u64) -> u64 {
+    let aligned = ((last_usable + 1) / GROW_ALIGN_SECTORS * GROW_ALIGN_SECTORS).saturating_sub(1);
+    aligned.max(current_last)
+}
 
 /// Last usable LBA of a table written by [`write()`] on a disk of
 /// `disk_sectors` sectors.
@@ -178,8 +186,7 @@ pub fn grow_last_partition(
             part.last_lba
         )));
     }
-    let aligned = ((last_usable + 1) / GROW_ALIGN_SECTORS * GROW_ALIGN_SECTORS).saturating_sub(1);
-    let new_last = aligned.max(part.last_lba);
+    let new_last = grown_last_lba(last_usable, part.last_lba);
 
     let mut entries = src.entries.clone();
     let off = *slot * h.entry_size as usize + 40;

@@ -16,6 +16,15 @@ pub const PAYLOAD_MAP: &str = "kiln/payload.map";
 /// The installer's FAT label: not a kiln boot partition's, so a node
 /// never reads its node.yaml as its own.
 pub const INSTALLER_LABEL: &str = "KILN-INST";
+/// On an MBR disk (no partition names), the partitions in number order:
+/// partition 1 is the boot partition, 4 the data partition. `kiln-init`
+/// gives them these names on the disk whose signature `kiln.mbr=` names.
+pub const MBR_PARTITIONS: [&str; 4] = [
+    ESP_PARTITION,
+    ROOT_A_PARTITION,
+    ROOT_B_PARTITION,
+    DATA_PARTITION,
+];
 
 /// Initramfs: the ordered list of modules `kiln-init` loads, one path per
 /// line, relative to the initramfs root.

@@ -3,6 +3,7 @@
 //!
 //! - [`gpt`]: read, write and grow GUID partition tables (the builder writes
 //!   the image's table, `kiln-init` grows the data partition on first boot).
+//! - [`mbr`]: the same for MBR tables (Raspberry Pi cards).
 //! - [`config`]: the `node.yaml` schema and its validation.
 //! - [`datasource`]: where a node finds its `node.yaml` (fw_cfg, baked, ...).
 //! - [`firstboot`]: what `kiln-firstboot` does with it (apply, wait-ready).
@@ -18,3 +19,4 @@ pub mod gpt;
 pub mod init;
 pub mod install;
 pub mod layout;
+pub mod mbr;

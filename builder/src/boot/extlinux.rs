@@ -60,6 +60,7 @@ mod tests {
         let input = BootInput {
             kernel: b"K",
             initrd: b"I",
+            kernel_version: "6.1.0-9-amd64",
             cmdline: "console=ttyAMA0,115200 kiln.root=kiln-root-a".into(),
             dtb: None,
         };
@@ -82,6 +83,7 @@ mod tests {
         let input = BootInput {
             kernel: b"K",
             initrd: b"I",
+            kernel_version: "6.1.0-9-armmp",
             cmdline: "console=ttyS0,115200".into(),
             dtb: Some(super::super::Dtb {
                 path: "nvidia/tegra210-p3450-0000.dtb",

@@ -6,11 +6,12 @@
 
 pub mod extlinux;
 pub mod node_file;
+pub mod raspi;
 pub mod uefi;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use crate::board::{Arch, BootFlavor};
+use crate::board::{Board, BootFlavor};
 use crate::fs::fat::FatFile;
 use crate::rootfs::tree::Tree;
 
@@ -18,6 +19,8 @@ use crate::rootfs::tree::Tree;
 pub struct BootInput<'a> {
     pub kernel: &'a [u8],
     pub initrd: &'a [u8],
+    /// `uname -r`, for flavors that name files after it.
+    pub kernel_version: &'a str,
     /// Kernel command line: the board's, plus kiln's keys.
     pub cmdline: String,
     /// A device tree for the firmware to hand the kernel (boards whose
@@ -56,19 +59,31 @@ pub fn packages(flavor: BootFlavor) -> &'static [&'static str] {
         BootFlavor::UefiSystemdBoot => &[uefi::LOADER_PACKAGE],
         // U-Boot is the board's firmware, not part of the image.
         BootFlavor::UbootExtlinux => &[],
+        BootFlavor::RaspiFirmware => &[raspi::FIRMWARE_PACKAGE],
     }
 }
 
 /// The boot partition's files. A flavor may take what it needs out of the
 /// unpacked root (the loader has no business there).
-pub fn boot_files(
-    flavor: BootFlavor,
-    tree: &mut Tree,
-    arch: Arch,
-    input: &BootInput,
-) -> Result<BootFiles> {
-    match flavor {
-        BootFlavor::UefiSystemdBoot => uefi::esp_files(tree, arch, input),
+pub fn boot_files(board: &Board, tree: &mut Tree, input: &BootInput) -> Result<BootFiles> {
+    match board.boot {
+        BootFlavor::UefiSystemdBoot => uefi::esp_files(tree, board.arch, input),
         BootFlavor::UbootExtlinux => extlinux::boot_files(input),
+        BootFlavor::RaspiFirmware => {
+            let raspi = board
+                .raspi
+                .as_ref()
+                .context("the board has no `raspi:` section")?;
+            raspi::boot_files(tree, board.arch, raspi, input)
+        }
+    }
+}
+
+/// The boot partition's FAT volume label: the Pi's is `KILN-BOOT` (what a
+/// user sees when the card is in a laptop).
+pub fn volume_label(flavor: BootFlavor) -> &'static str {
+    match flavor {
+        BootFlavor::RaspiFirmware => "KILN-BOOT",
+        _ => "KILN-ESP",
     }
 }

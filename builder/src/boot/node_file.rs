@@ -1,8 +1,9 @@
-//! `node.yaml` on a built image's boot partition, where someone flashing a
-//! card would drop it and kiln-firstboot's boot-partition datasource reads
-//! it. `kiln boot --node` puts it there for boards whose kernel has no QEMU
-//! fw_cfg driver (Debian's armmp). Also what `kiln boot` reads from the boot
-//! partition to start the kernel itself ([`loader_entry`]).
+//! A built image's boot partition, found by GPT name or as partition 1 of
+//! an MBR disk: `node.yaml` written there, where someone flashing a card
+//! would drop it and kiln-firstboot's boot-partition datasource reads it
+//! (`kiln boot --node` puts it there for boards whose kernel has no QEMU
+//! fw_cfg driver), and files read from it (`kiln boot` takes a Pi image's
+//! kernel, initramfs, DTB and `cmdline.txt` from there).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
@@ -12,14 +13,41 @@ use anyhow::{Context, Result};
 use kiln_node::datasource::boot_partition::NODE_FILE;
 use kiln_node::gpt::{self, SECTOR};
 use kiln_node::layout::{ESP_PARTITION, INSTALLER_PARTITION};
+use kiln_node::mbr;
 
 /// Blocks written back: only those the change touched, so a sparse image
 /// stays sparse.
 const BLOCK: usize = 4096;
 
-/// Writes (or replaces) `node.yaml` on the image's boot partition, found
-/// by its GPT name: a node image's ESP, or an installer stick's partition
-/// (the installer copies it onto the disk it installs).
+/// Reads files (paths relative to the partition's root) from the image's
+/// boot partition.
+pub fn read(image: &Path, paths: &[&str]) -> Result<Vec<Vec<u8>>> {
+    let mut file =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let (_, bytes) = read_esp(&mut file, image)?;
+    let fs = fatfs::FileSystem::new(Cursor::new(bytes), fatfs::FsOptions::new())
+        .context("reading the boot partition (FAT)")?;
+    paths
+        .iter()
+        .map(|path| {
+            let mut data = Vec::new();
+            fs.root_dir()
+                .open_file(path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .with_context(|| {
+                    format!(
+                        "reading {path} from the boot partition of {}",
+                        image.display()
+                    )
+                })?;
+            Ok(data)
+        })
+        .collect()
+}
+
+/// Writes (or replaces) `node.yaml` on the image's boot partition: a node
+/// image's ESP (GPT name), a Pi card's partition 1 (MBR), or an installer
+/// stick's partition (the installer copies it onto the disk it installs).
 pub fn put(image: &Path, config: &[u8]) -> Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -49,9 +77,16 @@ pub fn put(image: &Path, config: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", image.display()))
 }
 
-/// The boot partition (found by its GPT name) of the image open as
+/// The boot partition (by its GPT name, or partition 1 of an MBR) of the image open as
 /// `file`: its byte offset and its bytes.
 fn read_esp(file: &mut File, image: &Path) -> Result<(u64, Vec<u8>)> {
+    if let Ok(table) = mbr::read(file) {
+        // A Raspberry Pi card: the boot partition is partition 1.
+        let part = table
+            .get(1)
+            .with_context(|| format!("{}: its MBR has no partition 1", image.display()))?;
+        return read_range(file, part.first_lba, part.last_lba);
+    }
     let sectors = file.metadata()?.len() / SECTOR;
     let table = gpt::read(file, sectors)
         .with_context(|| format!("reading the partition table of {}", image.display()))?;
@@ -60,8 +95,13 @@ fn read_esp(file: &mut File, image: &Path) -> Result<(u64, Vec<u8>)> {
         .iter()
         .find(|p| p.name == ESP_PARTITION || p.name == INSTALLER_PARTITION)
         .with_context(|| format!("{} has no {ESP_PARTITION} partition", image.display()))?;
-    let offset = part.first_lba * SECTOR;
-    let mut bytes = vec![0; ((part.last_lba + 1 - part.first_lba) * SECTOR) as usize];
+    read_range(file, part.first_lba, part.last_lba)
+}
+
+/// Sectors `first..=last`, and their byte offset.
+fn read_range(file: &mut File, first: u64, last: u64) -> Result<(u64, Vec<u8>)> {
+    let offset = first * SECTOR;
+    let mut bytes = vec![0; ((last + 1 - first) * SECTOR) as usize];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut bytes)?;
     Ok((offset, bytes))
@@ -117,17 +157,28 @@ pub fn loader_entry(image: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::image::DiskTable;
     use crate::disk::layout::{place, PartitionPlan};
     use crate::fs::fat;
     use kiln_node::gpt::{types, Guid};
 
     /// A disk with a FAT boot partition and another one after it.
     fn disk(path: &Path) {
+        disk_with(
+            path,
+            DiskTable::Gpt {
+                disk_guid: Guid::from_hash(b"disk"),
+            },
+        )
+    }
+
+    fn disk_with(path: &Path, table: DiskTable) {
         let plans = [(ESP_PARTITION, types::ESP), ("other", types::LINUX_FS)].map(|(name, t)| {
             PartitionPlan {
                 name: name.into(),
                 type_guid: t,
                 unique_guid: Guid::from_hash(name.as_bytes()),
+                mbr_type: 0x0c,
                 size_bytes: 64 << 20,
             }
         });
@@ -146,35 +197,46 @@ mod tests {
         )
         .unwrap();
         let other = vec![0xaa; 1 << 20];
-        crate::disk::image::write(
-            path,
-            &place(&plans),
-            Guid::from_hash(b"disk"),
-            &[Some(&esp), Some(&other)],
-        )
-        .unwrap();
+        crate::disk::image::write(path, &place(&plans), table, &[Some(&esp), Some(&other)])
+            .unwrap();
     }
 
     fn read_back(image: &Path) -> (Vec<u8>, Vec<u8>) {
         let mut file = std::fs::File::open(image).unwrap();
         let sectors = file.metadata().unwrap().len() / SECTOR;
         let table = gpt::read(&mut file, sectors).unwrap();
-        let mut part = |i: usize| {
-            let p = &table.partitions[i];
-            let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * SECTOR) as usize];
-            file.seek(SeekFrom::Start(p.first_lba * SECTOR)).unwrap();
-            file.read_exact(&mut data).unwrap();
-            data
-        };
-        let (esp, other) = (part(0), part(1));
-        let fs = fatfs::FileSystem::new(Cursor::new(esp), fatfs::FsOptions::new()).unwrap();
-        let mut node = Vec::new();
-        fs.root_dir()
-            .open_file(NODE_FILE)
-            .unwrap()
-            .read_to_end(&mut node)
-            .unwrap();
+        let p = &table.partitions[1];
+        let mut other = vec![0; ((p.last_lba + 1 - p.first_lba) * SECTOR) as usize];
+        file.seek(SeekFrom::Start(p.first_lba * SECTOR)).unwrap();
+        file.read_exact(&mut other).unwrap();
+        let node = read(image, &[NODE_FILE]).unwrap().remove(0);
         (node, other)
+    }
+
+    #[test]
+    fn reads_and_writes_the_first_partition_of_an_mbr_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("pi.img");
+        disk_with(
+            &image,
+            DiskTable::Mbr {
+                disk_id: 0x1234_5678,
+            },
+        );
+        assert_eq!(
+            read(&image, &["kiln/vmlinuz"]).unwrap(),
+            [b"kernel".to_vec()]
+        );
+        put(&image, b"role: agent\n").unwrap();
+        assert_eq!(
+            read(&image, &[NODE_FILE]).unwrap(),
+            [b"role: agent\n".to_vec()]
+        );
+        let e = read(&image, &["config.txt"]).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("reading config.txt from the boot partition of"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ mod tests {
         let input = BootInput {
             kernel: b"K",
             initrd: b"I",
+            kernel_version: "6.1.0-9-amd64",
             cmdline: "console=ttyS0".into(),
             dtb: None,
         };

@@ -63,7 +63,8 @@ pub struct BootCmd {
     #[arg(long)]
     pub board: Option<String>,
     /// Grow the image file to this size first (e.g. 4G), as if flashed to a
-    /// bigger disk; never shrinks.
+    /// bigger disk; never shrinks. Raspberry Pi images boot from a copy
+    /// padded to the next power of two of this size (QEMU's SD rule).
     #[arg(long, value_parser = parse_size)]
     pub grow: Option<u64>,
     /// Console log file (default: IMAGE with `.console.log`).
@@ -150,7 +151,11 @@ impl BootCmd {
             kiln_node::config::parse(&text, &node.display().to_string())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        if let Some(size) = self.grow {
+        // A Pi card is a copy padded to a power of two (QEMU's SD rule): the
+        // node config and the guest's first boot change the copy, never
+        // the user's image.
+        let pi_card = matches!(q.firmware, QemuFirmware::BootPartition { .. });
+        if let Some(size) = self.grow.filter(|_| !pi_card) {
             let file = std::fs::OpenOptions::new().write(true).open(&self.image)?;
             if file.metadata()?.len() < size {
                 file.set_len(size).context("growing the image")?;
@@ -168,6 +173,7 @@ impl BootCmd {
         let node_on_disk =
             q.node_config == QemuNodeConfig::BootPartition || self.install_to.is_some();
         let fw_cfg_node = match (&self.node, node_on_disk) {
+            (Some(_), true) if pi_card => None,
             (Some(node), true) => {
                 let bytes =
                     std::fs::read(node).with_context(|| format!("reading {}", node.display()))?;
@@ -181,6 +187,7 @@ impl BootCmd {
             .prefix("kiln-boot-")
             .tempdir()
             .context("creating a temporary directory")?;
+        let mut image = self.image.clone();
         let (firmware, files) = match &q.firmware {
             QemuFirmware::Uefi { code, vars } => (
                 Firmware::Uefi {
@@ -211,6 +218,24 @@ impl BootCmd {
                 };
                 (firmware, vec![])
             }
+            QemuFirmware::BootPartition { dtb, append } => {
+                let node = match &self.node {
+                    Some(n) => {
+                        Some(std::fs::read(n).with_context(|| format!("reading {}", n.display()))?)
+                    }
+                    None => None,
+                };
+                let card = crate::qemu::sd_card::prepare(
+                    &self.image,
+                    scratch.path(),
+                    self.grow,
+                    node.as_deref(),
+                    dtb,
+                    append,
+                )?;
+                image = card.image;
+                (card.firmware, vec![])
+            }
         };
         for path in files {
             if !path.exists() {
@@ -235,7 +260,7 @@ impl BootCmd {
                     format!("{},drive=target", q.disk_device),
                 ],
             ),
-            None => (q.disk_device.clone(), Vec::new()),
+            None => (q.disk_device.clone(), q.extra_args.clone()),
         };
         let cfg = QemuConfig {
             binary: q.binary.clone(),
@@ -256,7 +281,7 @@ impl BootCmd {
             (true, None) => vec!["kiln: node ready".to_string()],
         };
         let req = BootRequest {
-            image: self.image.clone(),
+            image,
             node_config: fw_cfg_node,
             nic: Nic {
                 mac: self.mac,

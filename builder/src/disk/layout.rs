@@ -11,6 +11,8 @@ pub struct PartitionPlan {
     pub name: String,
     pub type_guid: Guid,
     pub unique_guid: Guid,
+    /// Type byte when the disk has an MBR table instead.
+    pub mbr_type: u8,
     pub size_bytes: u64,
 }
 
@@ -66,6 +68,7 @@ mod tests {
             name: name.into(),
             type_guid: Guid([1; 16]),
             unique_guid: Guid([2; 16]),
+            mbr_type: 0x83,
             size_bytes: size,
         }
     }

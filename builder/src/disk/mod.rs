@@ -32,6 +32,11 @@ pub fn partitions(plan: &BuildPlan) -> [PartitionPlan; 4] {
         name: name.into(),
         type_guid,
         unique_guid: Guid::from_hash(&plan.derive(&format!("partition-{name}"))),
+        mbr_type: if type_guid == gpt::types::ESP {
+            kiln_node::mbr::types::FAT32_LBA
+        } else {
+            kiln_node::mbr::types::LINUX
+        },
         size_bytes: mib << 20,
     })
 }

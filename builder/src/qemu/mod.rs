@@ -10,6 +10,7 @@
 
 pub mod console;
 pub mod net;
+pub mod sd_card;
 pub mod uboot_env;
 
 use std::fs::File;

@@ -320,7 +320,7 @@ pub(super) fn entry_array_sectors(count: u32, size: u32) -> u64 {
 }
 
 /// Writes `data` at `lba` unless the disk already holds exactly that.
-pub(super) fn update(
+pub(crate) fn update(
     disk: &mut (impl Read + Write + Seek),
     lba: u64,
     data: &[u8],
@@ -332,7 +332,7 @@ pub(super) fn update(
     Ok(())
 }
 
-pub(super) fn read_at(
+pub(crate) fn read_at(
     disk: &mut (impl Read + Seek),
     lba: u64,
     sectors: u64,
@@ -348,7 +348,7 @@ pub(super) fn read_at(
     Ok(buf)
 }
 
-pub(super) fn write_at(disk: &mut (impl Write + Seek), lba: u64, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_at(disk: &mut (impl Write + Seek), lba: u64, data: &[u8]) -> io::Result<()> {
     disk.seek(SeekFrom::Start(lba * SECTOR))?;
     disk.write_all(data)
         .map_err(|e| io::Error::new(e.kind(), format!("writing at LBA {lba}: {e}")))
@@ -368,10 +368,10 @@ pub(super) fn u64le(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-pub(super) fn invalid(msg: impl Into<String>) -> io::Error {
+pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-pub(super) fn bad_input(msg: impl Into<String>) -> io::Error {
+pub(crate) fn bad_input(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.into())
 }

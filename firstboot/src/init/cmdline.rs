@@ -15,6 +15,9 @@ pub struct Options {
     /// `kiln.install`: run the installer instead of booting, with
     /// `kiln.install.device=` and `kiln.install.wipe`.
     pub install: Option<crate::install::target::Rules>,
+    /// `kiln.mbr=SSSSSSSS`: the signature (hex) of the MBR disk whose
+    /// partitions 1-4 are kiln's (see [`super::sysfs::name_mbr_partitions`]).
+    pub mbr: Option<u32>,
 }
 
 impl Default for Options {
@@ -25,6 +28,7 @@ impl Default for Options {
             init: "/sbin/init".into(),
             debug: false,
             install: None,
+            mbr: None,
         }
     }
 }
@@ -63,6 +67,17 @@ pub fn parse(cmdline: &str) -> Result<Options, String> {
                 } else {
                     o.install = None;
                 }
+            }
+            "kiln.mbr" => {
+                let v = text(value)?;
+                o.mbr = Some(
+                    u32::from_str_radix(&v, 16)
+                        .ok()
+                        .filter(|_| v.len() == 8)
+                        .ok_or_else(|| {
+                            format!("kiln.mbr={v} is not a disk signature (8 hex digits)")
+                        })?,
+                );
             }
             "kiln.install.device" => install_rules.device = Some(text(value)?),
             "kiln.install.wipe" => install_rules.wipe = flag(key, value)?,
@@ -146,8 +161,10 @@ mod tests {
                 init: "/lib/systemd/systemd".into(),
                 debug: true,
                 install: None,
+                mbr: None,
             }
         );
+        assert_eq!(parse("kiln.mbr=0badcafe").unwrap().mbr, Some(0x0bad_cafe));
         assert!(!parse("kiln.debug kiln.debug=0").unwrap().debug);
     }
 
@@ -163,6 +180,10 @@ mod tests {
             .unwrap_err()
             .contains("absolute"));
         assert!(parse("kiln.debug=maybe").is_err());
+        assert!(parse("kiln.mbr=12345")
+            .unwrap_err()
+            .contains("8 hex digits"));
+        assert!(parse("kiln.mbr=1234567g").is_err());
         assert!(parse("kiln.root=kiln-data").unwrap_err().contains("both"));
     }
 

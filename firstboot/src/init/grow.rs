@@ -1,4 +1,4 @@
-//! Steps 5 and 6b: grow the data partition to the end of its disk, then the
+//! Steps 5 and 6b: grow the data partition (GPT or MBR) to the end of its disk, then the
 //! ext4 on it to the partition. Both check first and do nothing when there
 //! is nothing to do, so every boot runs them.
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use super::console::{debug, say, Failure, OrFail, Step};
 use super::sysfs::{self, BlockDev};
 use super::{ext4, sys, MIB};
-use crate::gpt;
+use crate::{gpt, mbr};
 
 /// Step 5: grow the data partition in the GPT, then in the kernel.
 pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
@@ -54,15 +54,30 @@ pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
         )?;
     let table_check = "the disk must hold the partition table the kiln builder wrote, \
                        with the data partition last";
-    let grow = gpt::grow_last_partition(&mut file, disk_sectors, name).or_fail(
-        format!("growing partition {name} on {disk_dev}"),
+    // An MBR disk (a Raspberry Pi card) has no partition names: grow the
+    // data partition by its number. A GPT disk's sector 0 is a protective
+    // MBR, which `mbr::read` refuses.
+    let is_mbr = mbr::read(&mut file).is_ok();
+    let grown = if is_mbr {
+        mbr::grow_last_partition(&mut file, disk_sectors, pno)
+            .and_then(|g| Ok((g, mbr::read(&mut file)?.get(pno).cloned())))
+            .map(|(g, p)| (g, p.map(|p| (p.first_lba, p.last_lba))))
+    } else {
+        gpt::grow_last_partition(&mut file, disk_sectors, name)
+            .and_then(|g| Ok((g, gpt::read(&mut file, disk_sectors)?)))
+            .map(|(g, t)| {
+                let part = t.partitions.into_iter().find(|p| p.name == name);
+                (g, part.map(|p| (p.first_lba, p.last_lba)))
+            })
+    };
+    let (grow, part) = grown.or_fail(
+        format!(
+            "growing partition {name} on {disk_dev} ({})",
+            if is_mbr { "MBR" } else { "GPT" }
+        ),
         table_check,
     )?;
-    let table = gpt::read(&mut file, disk_sectors).or_fail(
-        format!("reading back the partition table of {disk_dev}"),
-        table_check,
-    )?;
-    let Some(part) = table.partitions.iter().find(|p| p.name == name) else {
+    let Some((first_lba, last_lba)) = part else {
         return Err(Failure::new(
             format!("reading back the partition table of {disk_dev}"),
             format!("no partition {name}"),
@@ -74,7 +89,7 @@ pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
         .or_fail("reading the partition start", sysfs_check)?;
     let kernel_size = sysfs::read_number(&part_dir.join("size"))
         .or_fail("reading the partition size", sysfs_check)?;
-    let resize = kernel_resize(kernel_start, kernel_size, part).or_fail(
+    let resize = kernel_resize(kernel_start, kernel_size, first_lba, last_lba).or_fail(
         format!("comparing {} with the partition table", data.dev_path()),
         "reboot to let the kernel read the table again",
     )?;
@@ -83,18 +98,12 @@ pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
             "telling the kernel {} now has {sectors} sectors (was {kernel_size})",
             data.dev_path()
         ));
-        sys::resize_partition(
-            &file,
-            pno,
-            part.first_lba * gpt::SECTOR,
-            sectors * gpt::SECTOR,
-        )
-        .or_fail(
+        sys::resize_partition(&file, pno, first_lba * gpt::SECTOR, sectors * gpt::SECTOR).or_fail(
             format!("telling the kernel that {} grew (BLKPG)", data.dev_path()),
             "reboot: the kernel reads the grown table at boot",
         )?;
     }
-    let mib = |last: u64| (last + 1 - part.first_lba) * gpt::SECTOR / MIB;
+    let mib = |last: u64| (last + 1 - first_lba) * gpt::SECTOR / MIB;
     match grow {
         gpt::Grow::Grown {
             old_last_lba,
@@ -106,7 +115,7 @@ pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
         )),
         gpt::Grow::AlreadyFull => say(format_args!(
             "data partition already fills the disk ({} MiB)",
-            mib(part.last_lba)
+            mib(last_lba)
         )),
     }
     Ok(())
@@ -117,13 +126,14 @@ pub fn data_partition(data: &BlockDev, name: &str) -> Step<()> {
 fn kernel_resize(
     kernel_start: u64,
     kernel_size: u64,
-    part: &gpt::Partition,
+    first_lba: u64,
+    last_lba: u64,
 ) -> Result<Option<u64>, String> {
-    let len = part.last_lba + 1 - part.first_lba;
-    if kernel_start != part.first_lba {
+    let len = last_lba + 1 - first_lba;
+    if kernel_start != first_lba {
         Err(format!(
             "the kernel has it at sector {kernel_start}, the partition table at {}",
-            part.first_lba
+            first_lba
         ))
     } else if kernel_size == len {
         Ok(None)
@@ -184,17 +194,9 @@ mod tests {
 
     #[test]
     fn kernel_resize_only_when_sizes_differ() {
-        let p = gpt::Partition {
-            type_guid: gpt::types::LINUX_FS,
-            unique_guid: gpt::Guid::ZERO,
-            first_lba: 2048,
-            last_lba: 4095,
-            attributes: 0,
-            name: "kiln-data".into(),
-        };
-        assert_eq!(kernel_resize(2048, 2048, &p), Ok(None));
-        assert_eq!(kernel_resize(2048, 1024, &p), Ok(Some(2048)));
-        assert!(kernel_resize(4096, 2048, &p)
+        assert_eq!(kernel_resize(2048, 2048, 2048, 4095), Ok(None));
+        assert_eq!(kernel_resize(2048, 1024, 2048, 4095), Ok(Some(2048)));
+        assert!(kernel_resize(4096, 2048, 2048, 4095)
             .unwrap_err()
             .contains("sector 4096"));
     }

@@ -8,10 +8,12 @@
 //!    installer stick (`kiln.install`), run [`crate::install`] instead of
 //!    the steps below;
 //! 4. wait (up to 30 s) for the root and data partitions, found by GPT
-//!    partition name ([`sysfs`]); meanwhile repair a kiln disk whose primary
-//!    table a power cut broke (`repair.rs`);
+//!    partition name, or on an MBR disk by number on the disk whose
+//!    signature `kiln.mbr=` names ([`sysfs`]); meanwhile repair a kiln disk
+//!    whose primary GPT a power cut broke (`repair.rs`);
 //! 5. grow the data partition to the end of the disk
-//!    ([`crate::gpt::grow_last_partition`], `grow.rs`) and tell the kernel (`BLKPG`);
+//!    ([`crate::gpt::grow_last_partition`] or [`crate::mbr::grow_last_partition`],
+//!    `grow.rs`) and tell the kernel (`BLKPG`);
 //! 6. mount the root (squashfs, read-only) at `/sysroot`, the data partition
 //!    (ext4) at `/sysroot/var`, and grow that filesystem online ([`ext4`]);
 //! 7. mount the `/etc` overlay, its upper layer on the data partition;
@@ -99,11 +101,14 @@ fn boot() -> Step<Infallible> {
     )?;
     console::set_debug(opts.debug);
     say(format_args!(
-        "options: root={} data={} init={} debug={}",
+        "options: root={} data={} init={} debug={}{}",
         opts.root,
         opts.data,
         opts.init,
-        if opts.debug { "on" } else { "off" }
+        if opts.debug { "on" } else { "off" },
+        opts.mbr
+            .map(|id| format!(" mbr={}", crate::mbr::disk_id_text(id)))
+            .unwrap_or_default()
     ));
     debug(format_args!("kernel command line: {}", text.trim()));
     load_modules();
@@ -195,8 +200,11 @@ fn find_partitions(opts: &Options) -> Step<(BlockDev, BlockDev)> {
     let mut next_progress = PROGRESS_EVERY;
     let mut checked_disks: Vec<String> = Vec::new();
     loop {
-        let devs = sysfs::scan(class)
+        let mut devs = sysfs::scan(class)
             .or_fail(format!("listing {}", class.display()), "is /sys mounted?")?;
+        if let Some(id) = opts.mbr {
+            sysfs::name_mbr_partitions(class, &mut devs, id, read_sector0);
+        }
         match sysfs::lookup(&devs, &names, |d| Path::new(&d.dev_path()).exists()) {
             Lookup::Found(found) => {
                 let Ok([root, data]) = <[BlockDev; 2]>::try_from(found) else {
@@ -243,7 +251,7 @@ fn find_partitions(opts: &Options) -> Step<(BlockDev, BlockDev)> {
                         ),
                         "check that the disk's storage driver is in the initramfs module list \
                          and that the disk has GPT partitions with these names \
-                         (kiln.root=, kiln.data=)",
+                         (kiln.root=, kiln.data=), or is the MBR disk kiln.mbr= names",
                     ));
                 }
                 if waited >= next_progress {
@@ -259,6 +267,16 @@ fn find_partitions(opts: &Options) -> Step<(BlockDev, BlockDev)> {
             }
         }
     }
+}
+
+/// The first sector of a whole disk, for [`sysfs::name_mbr_partitions`].
+fn read_sector0(disk: &BlockDev) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut sector = vec![0u8; crate::gpt::SECTOR as usize];
+    fs::File::open(disk.dev_path())
+        .and_then(|mut f| f.read_exact(&mut sector))
+        .ok()?;
+    Some(sector)
 }
 
 /// Step 6, first half.

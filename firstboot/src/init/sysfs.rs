@@ -6,6 +6,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use crate::{layout, mbr};
+
 pub const CLASS_BLOCK: &str = "/sys/class/block";
 
 /// One entry of `/sys/class/block`, from its `uevent` file.
@@ -103,6 +105,49 @@ pub fn lookup(
     }
 }
 
+/// MBR partitions have no names: on the disk whose MBR signature is
+/// `disk_id` (the builder derives it from the spec and puts it on the
+/// kernel command line as `kiln.mbr=`), partition `n` gets kiln's `n`th
+/// name ([`layout::MBR_PARTITIONS`]). The signature, not "the first SD
+/// card", picks the disk, so a USB stick or a second card with partitions
+/// of its own is never taken for it, whatever the kernel calls each disk.
+/// `sector0` reads a whole disk's first sector (`None`: not readable yet).
+pub fn name_mbr_partitions(
+    class_block: &Path,
+    devs: &mut [BlockDev],
+    disk_id: u32,
+    sector0: impl Fn(&BlockDev) -> Option<Vec<u8>>,
+) {
+    let ours: Vec<String> = devs
+        .iter()
+        .filter(|d| d.devtype == "disk")
+        .filter(|d| {
+            sector0(d)
+                .and_then(|s| mbr::decode(&s).ok())
+                .is_some_and(|t| t.disk_id == disk_id)
+        })
+        .map(|d| d.sys_name.clone())
+        .collect();
+    for dev in devs.iter_mut() {
+        if dev.devtype != "partition" || dev.partname.is_some() {
+            continue;
+        }
+        let Ok(disk) = parent_disk(class_block, &dev.sys_name) else {
+            continue;
+        };
+        if !ours.contains(&disk) {
+            continue;
+        }
+        let number = read_number(&class_block.join(&dev.sys_name).join("partition"));
+        if let Some(name) = number
+            .ok()
+            .and_then(|n| layout::MBR_PARTITIONS.get(usize::try_from(n).ok()?.checked_sub(1)?))
+        {
+            dev.partname = Some(name.to_string());
+        }
+    }
+}
+
 /// `vda (disk), vda1 (PARTNAME=kiln-esp), ...` for error messages.
 pub fn describe(devs: &[BlockDev]) -> String {
     if devs.is_empty() {
@@ -196,6 +241,66 @@ mod tests {
             "vda (disk), vda2 (PARTNAME=kiln-root-a)"
         );
         assert_eq!(describe(&[]), "none at all");
+    }
+
+    #[test]
+    fn names_mbr_partitions_on_the_disk_with_the_signature_only() {
+        let t = TestDir::new("sysfs-mbr");
+        let class = t.path().join("class/block");
+        fs::create_dir_all(&class).unwrap();
+        let mut devs = Vec::new();
+        for disk in ["mmcblk0", "sda"] {
+            let dir = t.path().join("devices").join(disk);
+            fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(&dir, class.join(disk)).unwrap();
+            devs.push(dev(disk, None));
+            for n in 1..=5 {
+                let part = if disk == "sda" {
+                    format!("sda{n}")
+                } else {
+                    format!("{disk}p{n}")
+                };
+                fs::create_dir_all(dir.join(&part)).unwrap();
+                fs::write(dir.join(&part).join("partition"), format!("{n}\n")).unwrap();
+                std::os::unix::fs::symlink(dir.join(&part), class.join(&part)).unwrap();
+                let mut p = dev(&part, None);
+                p.devtype = "partition".into();
+                devs.push(p);
+            }
+        }
+        let table = |id| mbr::Table {
+            disk_id: id,
+            partitions: [1, 2, 3, 4].map(|n| {
+                Some(mbr::Partition {
+                    kind: mbr::types::LINUX,
+                    bootable: false,
+                    first_lba: n * 2048,
+                    last_lba: n * 2048 + 2047,
+                })
+            }),
+        };
+        let sector0 = |d: &BlockDev| {
+            let id = if d.sys_name == "sda" { 0x1111 } else { 0xbeef };
+            Some(mbr::encode(&table(id), 1 << 20).unwrap().to_vec())
+        };
+        name_mbr_partitions(&class, &mut devs, 0xbeef, sector0);
+        let named: Vec<(&str, &str)> = devs
+            .iter()
+            .filter_map(|d| Some((d.sys_name.as_str(), d.partname.as_deref()?)))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("mmcblk0p1", "kiln-esp"),
+                ("mmcblk0p2", "kiln-root-a"),
+                ("mmcblk0p3", "kiln-root-b"),
+                ("mmcblk0p4", "kiln-data"),
+            ]
+        );
+        assert_eq!(
+            lookup(&devs, &["kiln-root-a", "kiln-data"], |_| true),
+            Lookup::Found(vec![devs[2].clone(), devs[4].clone()])
+        );
     }
 
     #[test]
