@@ -46,7 +46,8 @@ $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continui
 # The OVA tests: qemu-img (qemu-utils) checks the VMDK, xmllint
 # (libxml2-utils) the descriptor, xorriso makes the OVF environment CD.
 # `kiln bench --peer` times the pipelines a user would otherwise script:
-# mmdebstrap and mkosi, then mksquashfs (squashfs-tools).
+# mmdebstrap and mkosi, then mksquashfs (squashfs-tools; the Pi tests list
+# the images' roots with its unsquashfs).
 pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu libxml2-utils xorriso"
 pkgs_base="$pkgs_base mmdebstrap mkosi squashfs-tools"
 pkgs_qemu="qemu-system-x86 qemu-system-arm qemu-utils"

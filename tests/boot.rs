@@ -273,6 +273,77 @@ fn armv7_first_boot() {
     );
 }
 
+/// A rack file on the Pi's boot partition: the common part would make an
+/// agent; the entry for the MAC the guest sees on QEMU's usb-net makes this node the first server with the hostname and k3s
+/// settings [`check_first_boot`] looks for.
+const RACK_AT_BOOT: &str = "role: agent\nserver: https://10.0.0.11:6443\n\
+    token: t0ken-for-test\nwait-for-config: true\nnodes:\n\
+    \x20 \"40:54:00:12:34:57\":\n    role: server\n    cluster-init: true\n    server: ~\n\
+    \x20   hostname: kiln-test-1\n    write-kubeconfig-mode: \"0640\"\n    tls-san: [kiln.example]\n\
+    \x20 \"serial:10000000abcdef13\":\n    hostname: rack-3\n";
+
+/// One boot of a Pi image on QEMU's Pi machine: kernel, initrd, DTB and
+/// cmdline.txt from the image's boot partition, a copy padded to
+/// [`DISK_BYTES`] as the SD card, the rack file as node.yaml on it, the
+/// node picked by its usb-net MAC. The shared image itself is not changed.
+fn pi_first_boot(board: &str) -> String {
+    let built = selftest_image(board);
+    let dir = scratch(&format!("boot-{board}"));
+    let node = dir.join("node.yaml");
+    std::fs::write(&node, RACK_AT_BOOT).unwrap();
+    let grow = DISK_BYTES.to_string();
+    let mut args = vec!["--grow", &grow];
+    args.extend(BOOT_ARGS);
+    let (r, console) = boot(&built.image, Some(&node), &args);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{board}: first boot failed: {}\n{console}",
+        r.stderr
+    );
+    let b = Board::load(board).unwrap();
+    check_first_boot(
+        &console,
+        &Expected {
+            source: "boot partition node.yaml",
+            machine: machine(b.arch),
+        },
+    );
+    assert!(
+        console.contains("kiln: rack mode: using nodes entry `40:54:00:12:34:57`"),
+        "{board}: the rack entry was not picked by the usb-net MAC"
+    );
+    assert!(console.contains(&format!("-machine {},accel=tcg", b.qemu.unwrap().machine)));
+    let f = facts(&console);
+    assert!(
+        f["var-mount"].starts_with("/dev/mmcblk0p4 "),
+        "{board}: /var is not partition 4 of the SD card: {}",
+        f["var-mount"]
+    );
+    assert!(console.contains("kiln-init: data partition grown from 64 MiB to"));
+    assert_eq!(
+        kiln::packages::sha256_file(&built.image).unwrap(),
+        built.sha256,
+        "{board}: kiln boot changed the image instead of its padded copy"
+    );
+    eprintln!("{board}: {}", r.stderr.trim());
+    console
+}
+
+/// rpi3 (arm64) on `raspi3b`: console on the mini-UART, QEMU's second
+/// serial port.
+#[test]
+fn rpi3_first_boot_on_raspi3b() {
+    let console = pi_first_boot("rpi3");
+    assert!(console.contains("-serial null -serial stdio"));
+}
+
+/// rpi2 (armhf) on `raspi2b`: console on the PL011, the first serial port.
+#[test]
+fn rpi2_first_boot_on_raspi2b() {
+    pi_first_boot("rpi2");
+}
+
 #[test]
 fn boot_timeout_exits_2_with_the_missing_line() {
     let dir = scratch("boot-timeout");

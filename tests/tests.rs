@@ -7,6 +7,7 @@
 //!   the NUC installer's QEMU proof.
 //! - `ova`: the vmware-ova board's OVA: layout, manifest, VMDK, errors.
 //! - `bench`: `kiln bench` runs end to end (no timing is asserted).
+//! - `raspi`: the Raspberry Pi images' card layout, firmware files and root.
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
 //! - `cluster`: several VMs of one image on a private network: rack mode,
 //!   joins, a wrong token, secrets on the console and in the journal.
@@ -20,5 +21,6 @@ mod build;
 mod cli;
 mod cluster;
 mod ova;
+mod raspi;
 mod util;
 mod validate;

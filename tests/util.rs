@@ -93,7 +93,15 @@ pub struct BuiltImage {
 }
 
 /// The boards the self-test image is built for and booted on.
-pub const BOARDS: [&str; 4] = ["qemu-x86_64", "qemu-aarch64", "qemu-armv7", "vmware-ova"];
+pub const BOARDS: [&str; 7] = [
+    "qemu-x86_64",
+    "qemu-aarch64",
+    "qemu-armv7",
+    "vmware-ova",
+    "rpi3",
+    "rpi2",
+    "rpi4",
+];
 
 /// The self-test image (tests/fixtures/selftest) for `board`, built once
 /// per run: the same spec and overlay on every board (`--board`).

@@ -108,4 +108,36 @@ mod tests {
         fs::write(&p, b"abc\0").unwrap();
         assert_eq!(gather(root).serial.as_deref(), Some("abc"));
     }
+
+    /// What a real Raspberry Pi shows: `/proc/device-tree/serial-number` is
+    /// the same 16 hex digits as `Serial` in `/proc/cpuinfo`, NUL-terminated
+    /// (a Pi 4: `10000000` then the board's 8; a Pi 3: `00000000` then 8),
+    /// and `/proc/device-tree` links to `/sys/firmware/devicetree/base`. The
+    /// rack file from the README picks its `serial:` entry for that board.
+    #[test]
+    fn a_real_pi_serial_picks_its_rack_entry() {
+        let t = TestDir::new("pi-serial");
+        let root = t.path();
+        let base = under(root, "/sys/firmware/devicetree/base");
+        fs::create_dir_all(&base).unwrap();
+        fs::write(base.join("serial-number"), b"10000000abcdef13\0").unwrap();
+        fs::write(base.join("model"), b"Raspberry Pi 4 Model B Rev 1.4\0").unwrap();
+        fs::create_dir_all(under(root, "/proc")).unwrap();
+        std::os::unix::fs::symlink(&base, under(root, "/proc/device-tree")).unwrap();
+        nic(root, "eth0", "dc:a6:32:99:99:99", true);
+
+        let id = gather(root);
+        assert_eq!(id.serial.as_deref(), Some("10000000abcdef13"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node/rack.yaml");
+        let doc = crate::config::parse(&fs::read_to_string(path).unwrap(), "rack.yaml").unwrap();
+        let picked = crate::config::select_node(&doc, &id).unwrap();
+        assert_eq!(picked.config.hostname.as_deref(), Some("rack-3"));
+        assert_eq!(
+            picked.matched,
+            crate::config::Match::Entry {
+                key: "serial:10000000abcdef13".into(),
+                by: crate::config::NodeKey::Serial("10000000abcdef13".into()),
+            }
+        );
+    }
 }

@@ -1,0 +1,191 @@
+//! The Raspberry Pi images, read back as the Pi's boot ROM and firmware
+//! would (QEMU cannot run them, so this is the firmware path's proof): an
+//! MBR card, a FAT32 partition 1 with the firmware files, device trees,
+//! `config.txt` and `cmdline.txt` that name what is there, a root squashfs
+//! that `unsquashfs` lists, and an image that fits a 2 GB card.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::Command;
+
+use kiln::board::{Arch, Board};
+use kiln::boot::node_file;
+use kiln_node::mbr;
+
+use crate::util::{scratch, selftest_image};
+
+/// What a card sold as "2 GB" holds at least (they hold a little under
+/// 2,000,000,000 bytes; the smallest seen hold about 1.9 GB).
+const TWO_GB_CARD: u64 = 1_900_000_000;
+
+fn partition_bytes(image: &Path, p: &mbr::Partition) -> Vec<u8> {
+    let mut file = std::fs::File::open(image).unwrap();
+    let mut data = vec![0; ((p.last_lba + 1 - p.first_lba) * 512) as usize];
+    file.seek(SeekFrom::Start(p.first_lba * 512)).unwrap();
+    file.read_exact(&mut data).unwrap();
+    data
+}
+
+fn assert_pi_card(board_name: &str) {
+    let board = Board::load(board_name).unwrap();
+    let raspi = board.raspi.clone().expect("a Pi board");
+    let built = selftest_image(board_name);
+    let image = &built.image;
+    let len = std::fs::metadata(image).unwrap().len();
+    assert!(
+        len <= TWO_GB_CARD,
+        "{board_name}: a {len}-byte image does not fit a 2 GB card"
+    );
+
+    // MBR: FAT32 boot, root A, root B, data, packed in that order.
+    let table = mbr::read(&mut std::fs::File::open(image).unwrap()).unwrap();
+    let parts: Vec<&mbr::Partition> = table.partitions.iter().flatten().collect();
+    let kinds: Vec<u8> = parts.iter().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        [0x0c, 0x83, 0x83, 0x83],
+        "{board_name}: partition types"
+    );
+    for pair in parts.windows(2) {
+        assert_eq!(pair[0].last_lba + 1, pair[1].first_lba);
+    }
+    assert_eq!(parts[0].first_lba, 2048, "1 MiB aligned");
+    assert!((parts[3].last_lba + 1) * 512 <= len);
+    assert_eq!(
+        (parts[0].last_lba + 1 - parts[0].first_lba) * 512,
+        board.disk.esp_mib << 20
+    );
+
+    // FAT32, labelled for people who put the card in a laptop.
+    let boot = partition_bytes(image, parts[0]);
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(boot), fatfs::FsOptions::new()).unwrap();
+    assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
+    assert_eq!(fs.volume_label().trim(), "KILN-BOOT");
+
+    let [config, cmdline] =
+        <[Vec<u8>; 2]>::try_from(node_file::read(image, &["config.txt", "cmdline.txt"]).unwrap())
+            .unwrap();
+    let config = String::from_utf8(config).unwrap();
+    let cmdline = String::from_utf8(cmdline).unwrap();
+    let lines: Vec<&str> = config.lines().collect();
+    for line in ["[all]", "enable_uart=1", "upstream_kernel=1"] {
+        assert!(
+            lines.contains(&line),
+            "{board_name}: config.txt lacks {line}:\n{config}"
+        );
+    }
+    assert_eq!(
+        lines.contains(&"arm_64bit=1"),
+        board.arch == Arch::Arm64,
+        "{board_name}: arm_64bit=1 only on arm64:\n{config}"
+    );
+    let (kernel, initrd) = kiln::boot::raspi::kernel_and_initrd(&config).unwrap();
+    assert!(lines.contains(&format!("initramfs {initrd} followkernel").as_str()));
+    for (section, extra) in &raspi.config {
+        assert!(lines.contains(&format!("[{section}]").as_str()));
+        for line in extra {
+            assert!(lines.contains(&line.as_str()), "{board_name}: {line}");
+        }
+    }
+
+    // cmdline.txt: one line, the board's console, kiln's keys, and the
+    // signature of this very card.
+    assert_eq!(cmdline.lines().count(), 1);
+    assert!(cmdline.starts_with(&board.kernel.cmdline), "{cmdline}");
+    assert!(
+        cmdline
+            .trim_end()
+            .ends_with(&format!("kiln.mbr={:08x}", table.disk_id)),
+        "{board_name}: cmdline.txt does not name this card's signature: {cmdline}"
+    );
+    assert!(cmdline.contains(" ro kiln.root=kiln-root-a "));
+
+    // Everything config.txt names, and every firmware file and DTB the
+    // board lists, is on the partition.
+    let mut names: Vec<&str> = vec![&kernel, &initrd];
+    names.extend(raspi.firmware.iter().map(String::as_str));
+    names.extend(raspi.dtbs.iter().map(String::as_str));
+    let files = node_file::read(image, &names).unwrap();
+    for (name, data) in names.iter().zip(&files) {
+        assert!(
+            data.len() > 1000,
+            "{board_name}: {name} is {} bytes",
+            data.len()
+        );
+    }
+    let kernel_data = &files[0];
+    match board.arch {
+        // arm64 Image header: "ARM\x64" at 56.
+        Arch::Arm64 => assert_eq!(&kernel_data[56..60], b"ARMd"),
+        // zImage magic at 0x24.
+        _ => assert_eq!(&kernel_data[0x24..0x28], &0x016f_2818u32.to_le_bytes()),
+    }
+    assert_eq!(
+        &files[1][..2],
+        &[0x1f, 0x8b],
+        "{board_name}: a gzip'd initramfs"
+    );
+    for (name, data) in names
+        .iter()
+        .zip(&files)
+        .filter(|(n, _)| n.ends_with(".dtb"))
+    {
+        assert_eq!(
+            &data[..4],
+            &[0xd0, 0x0d, 0xfe, 0xed],
+            "{name} is a device tree"
+        );
+    }
+    if raspi.firmware.iter().any(|f| f == "bootcode.bin") {
+        assert!(names.contains(&"start.elf") && names.contains(&"fixup.dat"));
+    }
+
+    // The root, as any squashfs tool reads it; the firmware left it.
+    let dir = scratch(&format!("raspi-root-{board_name}"));
+    let root = dir.join("root.squashfs");
+    std::fs::write(&root, partition_bytes(image, parts[1])).unwrap();
+    let out = Command::new("unsquashfs")
+        .arg("-l")
+        .arg("-d")
+        .arg("r")
+        .arg(&root)
+        .output()
+        .expect("unsquashfs runs (scripts/setup-host.sh installs squashfs-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "r/usr/bin/k3s",
+        "r/usr/bin/kiln-firstboot",
+        "r/usr/lib/kiln/node.yaml",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == path),
+            "{board_name}: unsquashfs lists no {path}"
+        );
+    }
+    assert!(!listing.contains("r/usr/lib/raspi-firmware"));
+    eprintln!(
+        "{board_name}: {len} bytes raw ({} MiB), {} files on the boot partition",
+        len >> 20,
+        names.len() + 2
+    );
+}
+
+#[test]
+fn rpi3_card_layout_firmware_and_root() {
+    assert_pi_card("rpi3");
+}
+
+#[test]
+fn rpi2_card_layout_firmware_and_root() {
+    assert_pi_card("rpi2");
+}
+
+#[test]
+fn rpi4_card_layout_firmware_and_root() {
+    assert_pi_card("rpi4");
+}
