@@ -89,6 +89,21 @@ pub enum Grow {
     },
 }
 
+impl Grow {
+    /// What moving a partition's end from `old_last_lba` to `new_last_lba`
+    /// was (shared by the GPT and the MBR grower).
+    pub fn from_ends(old_last_lba: u64, new_last_lba: u64) -> Grow {
+        if new_last_lba > old_last_lba {
+            Grow::Grown {
+                old_last_lba,
+                new_last_lba,
+            }
+        } else {
+            Grow::AlreadyFull
+        }
+    }
+}
+
 /// Writes a protective MBR, both headers and both entry arrays for `table`
 /// on a disk of `disk_sectors` sectors. Partitions go into slots 0, 1, ... in
 /// the order given; they must lie in the usable area and not overlap.
@@ -223,14 +238,7 @@ pub fn grow_last_partition(
         disk.flush()?;
     }
 
-    Ok(if new_last > part.last_lba {
-        Grow::Grown {
-            old_last_lba: part.last_lba,
-            new_last_lba: new_last,
-        }
-    } else {
-        Grow::AlreadyFull
-    })
+    Ok(Grow::from_ends(part.last_lba, new_last))
 }
 
 #[cfg(test)]

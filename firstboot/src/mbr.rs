@@ -218,14 +218,7 @@ pub fn grow_last_partition(
     });
     update(disk, 0, &encode(&table, disk_sectors)?)?;
     disk.flush()?;
-    Ok(if new_last > part.last_lba {
-        Grow::Grown {
-            old_last_lba: part.last_lba,
-            new_last_lba: new_last,
-        }
-    } else {
-        Grow::AlreadyFull
-    })
+    Ok(Grow::from_ends(part.last_lba, new_last))
 }
 
 /// Formats a disk signature the way `PARTUUID=` and `kiln.mbr=` spell it.

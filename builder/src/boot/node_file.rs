@@ -114,22 +114,8 @@ fn read_range(file: &mut File, first: u64, last: u64) -> Result<(u64, Vec<u8>)> 
 /// disk (OVMF has no pvscsi driver) or is not emulated (the Jetson Nano's
 /// U-Boot): QEMU starts the same kernel.
 pub fn loader_entry(image: &Path, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
-    let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let (_, esp) = read_esp(&mut file, image)?;
-    let fs = fatfs::FileSystem::new(Cursor::new(esp), fatfs::FsOptions::new())
-        .context("reading the boot partition (FAT)")?;
     let read = |path: &str| -> Result<Vec<u8>> {
-        let mut data = Vec::new();
-        fs.root_dir()
-            .open_file(path.trim_start_matches('/'))
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .with_context(|| {
-                format!(
-                    "reading {path} from the boot partition of {}",
-                    image.display()
-                )
-            })?;
-        Ok(data)
+        Ok(read(image, &[path.trim_start_matches('/')])?.remove(0))
     };
     let (conf, [linux, initrd_key, options]) = match read(super::uefi::ENTRY) {
         Ok(data) => (data, ["linux", "initrd", "options"]),
