@@ -50,6 +50,8 @@ $SUDO apt-get update -q || echo "setup: apt-get update reported errors; continui
 # the images' roots with its unsquashfs).
 pkgs_base="e2fsprogs kmod ca-certificates xz-utils zstd ovmf qemu-efi-aarch64 u-boot-qemu libxml2-utils xorriso"
 pkgs_base="$pkgs_base mmdebstrap mkosi squashfs-tools"
+# bmap-tools: the Pi tests flash their images with bmaptool and kiln's .bmap.
+pkgs_base="$pkgs_base bmap-tools"
 pkgs_qemu="qemu-system-x86 qemu-system-arm qemu-utils"
 if [ "$codename" = bookworm ]; then
   $SUDO apt-get install -y -q --no-install-recommends $pkgs_base

@@ -168,6 +168,35 @@ fn assert_pi_card(board_name: &str) {
         );
     }
     assert!(!listing.contains("r/usr/lib/raspi-firmware"));
+
+    // The sidecars: `sha256sum -c` reads the checksum, and bmaptool's copy
+    // of the image through our block map is the image, byte for byte.
+    let with = |ext: &str| {
+        let mut p = image.as_os_str().to_owned();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    let sum = std::fs::read_to_string(with(".sha256")).unwrap();
+    assert_eq!(sum, format!("{}  kiln-selftest.img\n", built.sha256));
+    let copy = dir.join("bmaptool-copy.img");
+    let out = Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(with(".bmap"))
+        .arg(image)
+        .arg(&copy)
+        .output()
+        .expect("bmaptool runs (scripts/setup-host.sh installs bmap-tools)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        kiln::packages::sha256_file(&copy).unwrap(),
+        built.sha256,
+        "{board_name}: bmaptool copy with kiln's bmap differs from the image"
+    );
     eprintln!(
         "{board_name}: {len} bytes raw ({} MiB), {} files on the boot partition",
         len >> 20,

@@ -277,7 +277,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         })?),
         None => None,
     };
-    let outputs = write_outputs(plan, &image, &mut stages)?;
+    let outputs = write_outputs(plan, &image, &sha256, &mut stages)?;
     let meta = std::fs::metadata(&image)?;
     Ok(BuildReport {
         image_bytes: meta.len(),
@@ -350,17 +350,43 @@ pub struct OutputReport {
 fn write_outputs(
     plan: &BuildPlan,
     image: &std::path::Path,
+    sha256: &str,
     stages: &mut Stages,
 ) -> Result<Vec<OutputReport>> {
     let mut done = Vec::new();
-    for format in &plan.outputs {
-        let ova = plan
-            .ova
+    let appliance = || {
+        plan.ova
             .as_ref()
-            .context("the plan has no appliance for the OVA/OVF output")?;
+            .context("the plan has no appliance for the OVA/OVF output")
+    };
+    let beside = |ext: &str| {
+        let mut name = image.as_os_str().to_owned();
+        name.push(ext);
+        std::path::PathBuf::from(name)
+    };
+    for format in &plan.outputs {
         match format {
             Format::Img => {}
+            Format::Bmap => {
+                let file = stages.run("writing the block map", || {
+                    crate::output::bmap::write_bmap(image, &beside(".bmap"))
+                })?;
+                done.push(OutputReport {
+                    kind: "bmap",
+                    file,
+                    disk: None,
+                });
+            }
+            Format::Sha256 => {
+                let file = crate::output::bmap::write_sha256(image, sha256, &beside(".sha256"))?;
+                done.push(OutputReport {
+                    kind: "sha256",
+                    file,
+                    disk: None,
+                });
+            }
             Format::Ova => {
+                let ova = appliance()?;
                 let out = plan.out_dir.join(format!("{}.ova", plan.name));
                 let (file, vmdk) = stages.run("writing the OVA", || ova.write_ova(image, &out))?;
                 done.push(OutputReport {
@@ -370,6 +396,7 @@ fn write_outputs(
                 });
             }
             Format::Ovf => {
+                let ova = appliance()?;
                 let set = stages.run("writing the OVF set", || {
                     ova.write_set(image, &plan.out_dir)
                 })?;

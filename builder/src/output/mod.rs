@@ -35,6 +35,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 pub mod appliance;
+pub mod bmap;
 pub mod compress;
 pub mod ova;
 pub mod ovf;
@@ -54,6 +55,11 @@ pub enum Format {
     Ova,
     /// `<name>.ovf`, `<name>.mf` and `<name>.vmdk`, unpacked.
     Ovf,
+    /// `<name>.img.bmap`: bmaptool's block map, so flashing writes only
+    /// the blocks that hold data.
+    Bmap,
+    /// `<name>.img.sha256`: the raw image's checksum (`sha256sum -c`).
+    Sha256,
 }
 
 /// A file an output writer made.
