@@ -8,7 +8,6 @@
 //! a zeroed or fresh target reproduces the image byte for byte.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -30,14 +29,7 @@ fn mapped_ranges(raw: &Path) -> Result<(u64, Vec<Range>)> {
     let mut buf = vec![0u8; 256 * BLOCK];
     let mut block = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled = super::read_full(&mut file, &mut buf)?;
         if filled == 0 {
             break;
         }

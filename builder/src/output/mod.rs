@@ -62,6 +62,19 @@ pub enum Format {
     Sha256,
 }
 
+/// Fills `buf` from `r` as far as the input goes; returns how much it read
+/// (less than `buf.len()` only at the end).
+pub fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
 /// A file an output writer made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {

@@ -6,7 +6,7 @@
 //! (QEMU refuses other SD sizes), so the user's file is never changed.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -81,14 +81,7 @@ fn sparse_copy(src: &Path, dest: &Path, len: u64) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < CHUNK {
-            let n = from.read(&mut buf[filled..])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let filled = crate::output::read_full(&mut from, &mut buf)?;
         if filled == 0 {
             break;
         }
