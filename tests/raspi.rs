@@ -218,3 +218,42 @@ fn rpi2_card_layout_firmware_and_root() {
 fn rpi4_card_layout_firmware_and_root() {
     assert_pi_card("rpi4");
 }
+
+/// `--format xz --format zst`: both files decompress to the image the
+/// shared build made (same spec, same bytes), written with every core.
+#[test]
+fn rpi3_compressed_images_decompress_to_the_raw_image() {
+    let built = selftest_image("rpi3");
+    let out = scratch("raspi-compressed");
+    crate::util::run(
+        crate::util::kiln()
+            .arg("build")
+            .arg(crate::util::fixture("selftest/spec.yaml"))
+            .args([
+                "--board", "rpi3", "--format", "xz", "--format", "zst", "--out",
+            ])
+            .arg(&out),
+    )
+    .success();
+    let xz = std::fs::File::open(out.join("kiln-selftest.img.xz")).unwrap();
+    let zst = std::fs::File::open(out.join("kiln-selftest.img.zst")).unwrap();
+    for (name, mut reader) in [
+        (
+            "xz",
+            Box::new(liblzma::read::XzDecoder::new_multi_decoder(xz)) as Box<dyn Read>,
+        ),
+        (
+            "zst",
+            Box::new(zstd::stream::read::Decoder::new(zst).unwrap()),
+        ),
+    ] {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        std::io::copy(&mut reader, &mut h).unwrap();
+        let got = kiln::packages::hex(&sha2::Digest::finalize(h));
+        assert_eq!(got, built.sha256, "the .{name} does not hold the image");
+    }
+    assert!(
+        !out.join("kiln-selftest.img.bmap").exists(),
+        "--format replaces the board's outputs"
+    );
+}

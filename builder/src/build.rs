@@ -377,6 +377,18 @@ fn write_outputs(
                     disk: None,
                 });
             }
+            Format::Xz | Format::Zst => {
+                let (c, ext) = match format {
+                    Format::Xz => (crate::output::compress::Compression::Xz, ".xz"),
+                    _ => (crate::output::compress::Compression::Zstd, ".zst"),
+                };
+                let file = stages.run("compressing the image", || c.write(image, &beside(ext)))?;
+                done.push(OutputReport {
+                    kind: c.extension(),
+                    file,
+                    disk: None,
+                });
+            }
             Format::Sha256 => {
                 let file = crate::output::bmap::write_sha256(image, sha256, &beside(".sha256"))?;
                 done.push(OutputReport {

@@ -60,6 +60,10 @@ pub enum Format {
     Bmap,
     /// `<name>.img.sha256`: the raw image's checksum (`sha256sum -c`).
     Sha256,
+    /// `<name>.img.xz`: xz, multi-threaded, in independent blocks.
+    Xz,
+    /// `<name>.img.zst`: zstd level 19, multi-threaded.
+    Zst,
 }
 
 /// Fills `buf` from `r` as far as the input goes; returns how much it read
