@@ -21,7 +21,8 @@ pub(crate) const DISK_BYTES: u64 = 2 << 30;
 /// (tests/fixtures/selftest/node.yaml) only in the hostname, so the
 /// hostname tells which one the node applied.
 pub(crate) const NODE_AT_BOOT: &str = "role: server\ncluster-init: true\nhostname: kiln-test-1\n\
-    token: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n";
+    token: t0ken-for-test\nwrite-kubeconfig-mode: \"0640\"\ntls-san: [kiln.example]\n\
+    ssh-authorized-keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJnrDv1DR62Z0/NINFQAmpfJasS3V5n/KWIvidY2YV6o test@kiln]\n";
 
 /// Waits for readiness and the self-test report, then for the guest to
 /// power off (the report's last act), so the disk is clean for a reboot.
@@ -197,6 +198,33 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
     assert!(console.contains(
         "kiln: air-gap image kiln-selftest-images.tar: linked in /var/lib/rancher/k3s/agent/images"
     ));
+    // SSH: dropbear listens with a host key made on this node, none baked.
+    assert!(
+        f["ssh-banner"].starts_with("SSH-2.0-dropbear"),
+        "sshd does not answer on port 22: {:?}",
+        f["ssh-banner"]
+    );
+    assert!(
+        f["ssh-host-key"].starts_with("SHA256:") || f["ssh-host-key"].starts_with("sha256:"),
+        "no host key: {:?}",
+        f["ssh-host-key"]
+    );
+    assert_eq!(f["ssh-host-key-mode"], "600");
+    assert!(
+        f["ssh-server-args"].contains(" -s "),
+        "password logins not disabled: {}",
+        f["ssh-server-args"]
+    );
+    assert!(
+        f["ssh-login"].starts_with("ok from "),
+        "a key login to root does not run its shell: {:?}",
+        f["ssh-login"]
+    );
+    assert_eq!(f["baked-host-keys"], "", "the image carries a host key");
+    assert_eq!(
+        f["authorized-keys-mode"], "600",
+        "authorized keys written to root's home on the data partition"
+    );
     assert_eq!(f["os-release-k3s"], "K3S=\"test-double\"");
     assert_eq!(f["failed-units"], "", "no systemd unit may fail");
     assert_eq!(
@@ -220,7 +248,7 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
 
 #[test]
 fn x86_64_first_and_second_boot_of_one_disk() {
-    let (image, _) = first_boot("qemu-x86_64");
+    let (image, first) = first_boot("qemu-x86_64");
 
     // Second boot of the same disk, no fw_cfg: saved config, state kept.
     let (r, console) = boot(&image, None, &BOOT_ARGS);
@@ -250,6 +278,11 @@ fn x86_64_first_and_second_boot_of_one_disk() {
         ("2", "kept", "kept")
     );
     assert_eq!(f["failed-units"], "");
+    assert_eq!(
+        f["ssh-host-key"],
+        facts(&first)["ssh-host-key"],
+        "the node keeps its SSH host key"
+    );
 }
 
 /// AAVMF + systemd-boot on `virt`, config through fw_cfg.

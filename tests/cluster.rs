@@ -229,6 +229,12 @@ fn rack_cluster_joins_on_a_private_network_and_rejects_a_wrong_token() {
             "{name}: config.yaml was printed, its token masked"
         );
     }
+    // Each node made its own SSH host key (none is baked into the image).
+    let keys: std::collections::BTreeSet<String> = ["rack-1", "rack-2", "rack-3"]
+        .iter()
+        .map(|n| facts(console(n))["ssh-host-key"].clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "SSH host keys are not per node: {keys:?}");
     assert!(console("rack-3").contains("k3s-double: server joined https://10.77.0.11:6443"));
     assert!(console("rack-2").contains("k3s-double: agent joined https://10.77.0.11:6443"));
 

@@ -13,6 +13,7 @@ use super::tree::{Kind, Node, Tree};
 pub fn apply_all(tree: &mut Tree) -> Result<()> {
     merged_usr_links(tree);
     mountpoints(tree);
+    bin_sh(tree);
     accounts(tree)?;
     machine_id(tree);
     ca_bundle(tree);
@@ -52,13 +53,15 @@ fn mountpoints(tree: &mut Tree) {
         ("run", 0o755),
         ("tmp", 0o1777),
         ("var", 0o755),
-        ("root", 0o700),
         ("home", 0o755),
         ("mnt", 0o755),
         ("etc", 0o755),
     ] {
         tree.insert(dir, Node::dir(mode));
     }
+    // root's home holds what the node config writes there (SSH authorized
+    // keys): on the data partition, made by tmpfiles (overlays/base).
+    tree.insert("root", Node::symlink("var/root"));
 }
 
 /// base-passwd's postinst copies its master files; every account gets a
@@ -70,7 +73,7 @@ fn accounts(tree: &mut Tree) -> Result<()> {
             .with_context(|| format!("{path} missing; is base-passwd in the package set?"))?;
         Ok(String::from_utf8_lossy(data).into_owned())
     };
-    let passwd = read(tree, "usr/share/base-passwd/passwd.master")?;
+    let passwd = login_shells(tree, &read(tree, "usr/share/base-passwd/passwd.master")?);
     let group = read(tree, "usr/share/base-passwd/group.master")?;
     let shadow: String = passwd
         .lines()
@@ -91,6 +94,41 @@ fn accounts(tree: &mut Tree) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// `/bin/sh`: Debian's is dash's link, but dash pulls dpkg and tar into
+/// the image; kiln links busybox (in the base set) instead.
+fn bin_sh(tree: &mut Tree) {
+    if tree.get("usr/bin/sh").is_none() && tree.get("usr/bin/busybox").is_some() {
+        tree.insert("usr/bin/sh", Node::symlink("busybox"));
+    }
+}
+
+/// base-passwd gives root `/bin/bash`; kiln ships no bash, and SSH refuses
+/// an account whose shell is missing. A login shell the image lacks
+/// becomes `/bin/sh` (busybox); `nologin`, `false` and `sync` stay.
+fn login_shells(tree: &Tree, passwd: &str) -> String {
+    let in_image = |shell: &str| {
+        let rel = shell.trim_start_matches('/');
+        let merged = if rel.starts_with("bin/") || rel.starts_with("sbin/") {
+            format!("usr/{rel}")
+        } else {
+            rel.to_string()
+        };
+        tree.get(&merged).is_some()
+    };
+    passwd
+        .lines()
+        .map(|line| {
+            let mut fields: Vec<&str> = line.split(':').collect();
+            if let Some(shell) = fields.get(6).copied() {
+                if shell.ends_with("sh") && !in_image(shell) && in_image("/bin/sh") {
+                    fields[6] = "/bin/sh";
+                }
+            }
+            format!("{}\n", fields.join(":"))
+        })
+        .collect()
 }
 
 /// An empty machine-id: systemd generates one on first boot and, since
@@ -278,6 +316,23 @@ mod tests {
     }
 
     #[test]
+    fn missing_login_shells_become_bin_sh() {
+        let mut t = Tree::default();
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        assert_eq!(login_shells(&t, passwd), passwd, "no /bin/sh: left alone");
+        t.insert("usr/bin/busybox", Node::file(&b""[..], 0o755));
+        bin_sh(&mut t);
+        assert!(matches!(&t.get("usr/bin/sh").unwrap().kind, Kind::Symlink(b) if b == "busybox"));
+        assert_eq!(
+            login_shells(&t, passwd),
+            "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+        );
+        t.insert("usr/bin/bash", Node::file(&b""[..], 0o755));
+        assert_eq!(login_shells(&t, passwd), passwd, "bash in the image: kept");
+    }
+
+    #[test]
     fn var_ships_empty() {
         let mut t = Tree::default();
         t.insert("var/lib/dpkg/status", Node::file(&b"x"[..], 0o644));
@@ -285,5 +340,9 @@ mod tests {
         empty_var(&mut t);
         assert!(t.get("var").is_some());
         assert_eq!(t.below("var").count(), 0);
+        // root's home lives on the data partition (SSH authorized keys).
+        assert!(
+            matches!(&t.get("root").unwrap().kind, Kind::Symlink(target) if target == "var/root")
+        );
     }
 }

@@ -23,13 +23,19 @@ use kernel::KernelPayload;
 use tree::{Node, Tree};
 
 /// kiln's OS, the same on every board: systemd as PID 1 with networkd,
-/// resolved and timesyncd, udev for module autoloading, and what k3s
-/// expects of a host. Boards add their kernel and firmware.
+/// resolved and timesyncd, udev for module autoloading, an SSH server
+/// (dropbear, key logins only), and what k3s expects of a host. Boards add their kernel and firmware.
 pub const BASE_PACKAGES: &[&str] = &[
     "base-files",
     "base-passwd",
     "ca-certificates",
+    // root's shell for SSH sessions (/bin/sh, see fixups) and a few tools:
+    // one 0.8 MB binary; dash would pull dpkg and tar in.
+    "busybox",
     "dbus",
+    // The SSH server: 0.5 MB with its libraries, against several MB (and
+    // PAM, Kerberos, OpenSSL) for openssh-server.
+    "dropbear-bin",
     "iproute2",
     "kmod",
     "netbase",
@@ -52,6 +58,7 @@ pub const BASE_UNITS: &[&str] = &[
     "kiln-firstboot.service",
     "k3s.service",
     "kiln-ready.service",
+    "dropbear.service",
 ];
 
 pub struct RootInput<'a> {
