@@ -37,8 +37,9 @@ pub fn wait_ready(
             .cloned()
             .collect();
         if missing.is_empty() {
-            say(out, format!("node ready role={role}"));
+            // Before the ready line: `kiln boot` stops the guest on it.
             super::vitals::say_uptime(opts, out);
+            say(out, format!("node ready role={role}"));
             return Ok(role);
         }
         let elapsed = start.elapsed();

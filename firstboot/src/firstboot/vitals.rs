@@ -7,16 +7,32 @@ use std::io::Write;
 
 use super::{say, Options};
 
+/// A `/proc/meminfo` field in KiB.
+fn field(meminfo: &str, name: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    })
+}
+
 /// `MemTotal - MemAvailable` of a `/proc/meminfo` text, in KiB: what the
 /// kernel could not hand to a new workload without reclaiming.
 pub fn memory_in_use_kib(meminfo: &str) -> Option<u64> {
-    let field = |name: &str| {
-        meminfo.lines().find_map(|l| {
-            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
-            rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
-        })
-    };
-    field("MemTotal")?.checked_sub(field("MemAvailable")?)
+    field(meminfo, "MemTotal")?.checked_sub(field(meminfo, "MemAvailable")?)
+}
+
+/// Where the memory in use goes, for the one console line: the parts a
+/// user can act on (processes, tmpfs, kernel tables).
+pub fn memory_breakdown(meminfo: &str) -> String {
+    let mib = |name: &str| field(meminfo, name).map_or(0, |k| k.div_ceil(1024));
+    format!(
+        "processes {}, tmpfs/shmem {}, unreclaimable slab {}, page tables {}, kernel stacks {} MiB",
+        mib("AnonPages"),
+        mib("Shmem"),
+        mib("SUnreclaim"),
+        mib("PageTables"),
+        mib("KernelStack"),
+    )
 }
 
 /// Seconds since the kernel started, from a `/proc/uptime` text.
@@ -29,7 +45,11 @@ pub(crate) fn say_memory(opts: &Options, out: &mut dyn Write) {
     if let Some(kib) = memory_in_use_kib(&text) {
         say(
             out,
-            format!("memory in use before k3s: {} MiB", kib.div_ceil(1024)),
+            format!(
+                "memory in use before k3s: {} MiB ({})",
+                kib.div_ceil(1024),
+                memory_breakdown(&text)
+            ),
         );
     }
 }
