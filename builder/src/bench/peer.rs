@@ -279,23 +279,16 @@ fn boot_peer_root(
     if !status.success() {
         bail!("mke2fs of the peer root failed");
     }
+    let firmware = Firmware::Kernel {
+        kernel: kernel_copy,
+        initrd: Some(initrd_copy),
+        dtb: None,
+        append: format!("{} root=/dev/vda rw", plan.board.kernel.cmdline),
+    };
+    // No NIC: the peer's network would only wait for DHCP.
     let cfg = QemuConfig {
-        binary: q.binary.clone(),
-        machine: q.machine.clone(),
-        cpu: q.cpu.clone(),
-        memory_mib: q.memory_mib,
-        smp: q.smp,
-        firmware: Firmware::Kernel {
-            kernel: kernel_copy,
-            initrd: Some(initrd_copy),
-            dtb: None,
-            append: format!("{} root=/dev/vda rw", plan.board.kernel.cmdline),
-        },
-        disk_controller: q.disk_controller.clone(),
-        disk_device: q.disk_device.clone(),
         net_device: None,
-        console_serial: q.console_serial,
-        extra_args: Vec::new(),
+        ..QemuConfig::for_board(q, firmware)
     };
     let req = BootRequest {
         image: disk.clone(),

@@ -263,17 +263,9 @@ impl BootCmd {
             None => (q.disk_device.clone(), q.extra_args.clone()),
         };
         let cfg = QemuConfig {
-            binary: q.binary.clone(),
-            machine: q.machine.clone(),
-            cpu: q.cpu.clone(),
-            memory_mib: q.memory_mib,
-            smp: q.smp,
-            firmware,
-            disk_controller: q.disk_controller.clone(),
             disk_device,
-            net_device: q.net_device.clone(),
-            console_serial: q.console_serial,
             extra_args,
+            ..QemuConfig::for_board(q, firmware)
         };
         let expect = match (self.expect.is_empty(), &self.install_to) {
             (false, _) => self.expect.clone(),

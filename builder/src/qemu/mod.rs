@@ -91,6 +91,26 @@ pub struct QemuConfig {
     pub extra_args: Vec<String>,
 }
 
+impl QemuConfig {
+    /// The board's machine as its file describes it, started by
+    /// `firmware` (callers adjust disks, NICs and extra arguments).
+    pub fn for_board(q: &crate::board::QemuBoard, firmware: Firmware) -> QemuConfig {
+        QemuConfig {
+            binary: q.binary.clone(),
+            machine: q.machine.clone(),
+            cpu: q.cpu.clone(),
+            memory_mib: q.memory_mib,
+            smp: q.smp,
+            firmware,
+            disk_controller: q.disk_controller.clone(),
+            disk_device: q.disk_device.clone(),
+            net_device: q.net_device.clone(),
+            console_serial: q.console_serial,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 /// One boot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootRequest {
