@@ -22,6 +22,9 @@ use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 
 /// The figure each peer group holds its whole pipeline time in.
 pub const PIPELINE_TOTAL: &str = "pipeline total (root + squashfs)";
+/// What systemd prints on reaching multi-user.target, after the unit name
+/// it may colour (`Reached target multi-user.target - Multi-User System.`).
+const MULTI_USER_REACHED: &str = " - Multi-User System.";
 /// The peer boot figure.
 pub const PEER_BOOT: &str = "power-on to multi-user.target (wall)";
 
@@ -295,7 +298,7 @@ fn boot_peer_root(
         node_config: None,
         nic: Default::default(),
         cdrom: None,
-        expect: vec!["Reached target multi-user.target".into()],
+        expect: vec![MULTI_USER_REACHED.into()],
         fail_on: vec!["Kernel panic".into()],
         timeout,
         log: dir.join("boot.console.log"),
