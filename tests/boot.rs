@@ -310,7 +310,9 @@ fn armv7_first_boot() {
 /// agent; the entry for the MAC the guest sees on QEMU's usb-net makes this node the first server with the hostname and k3s
 /// settings [`check_first_boot`] looks for.
 const RACK_AT_BOOT: &str = "role: agent\nserver: https://10.0.0.11:6443\n\
-    token: t0ken-for-test\nwait-for-config: true\nnodes:\n\
+    token: t0ken-for-test\nwait-for-config: true\n\
+    ssh-authorized-keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJnrDv1DR62Z0/NINFQAmpfJasS3V5n/KWIvidY2YV6o test@kiln]\n\
+    nodes:\n\
     \x20 \"40:54:00:12:34:57\":\n    role: server\n    cluster-init: true\n    server: ~\n\
     \x20   hostname: kiln-test-1\n    write-kubeconfig-mode: \"0640\"\n    tls-san: [kiln.example]\n\
     \x20 \"serial:10000000abcdef13\":\n    hostname: rack-3\n";
