@@ -309,8 +309,13 @@ fn boot_peer_root(
         BootOutcome::Ready { seconds, .. } => {
             report.record("peer boot", PEER_BOOT, "s", seconds);
         }
-        other => report.note(format!(
-            "peer boot did not reach multi-user.target: {other:?}"
+        BootOutcome::Failed { reason, .. } => report.note(format!(
+            "peer boot failed ({reason}); console log: {}",
+            req.log.display()
+        )),
+        BootOutcome::TimedOut { missing, .. } => report.note(format!(
+            "peer boot timed out waiting for {missing:?}; console log: {}",
+            req.log.display()
         )),
     }
     let _ = std::fs::remove_file(&disk);
