@@ -243,6 +243,10 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
         memory.memory_mib > 8.0 && memory.memory_mib < 1024.0,
         "memory in use before k3s out of range: {memory:?}"
     );
+    assert!(
+        memory.used_mib > 4.0 && memory.used_mib <= memory.memory_mib,
+        "memory used (free(1)) out of range: {memory:?}"
+    );
     assert!(memory.guest > 0.5, "guest uptime at ready: {memory:?}");
 }
 

@@ -309,12 +309,16 @@ const BENCH_NODE: &str = "role: server\ncluster-init: true\nhostname: kiln-bench
 const READY: &str = "kiln: node ready";
 const MEMORY: &str = "kiln: memory in use before k3s:";
 const UPTIME: &str = "kiln: guest uptime at ready:";
+const USED_SUFFIX: &str = " MiB used as free(1) counts it";
 
 #[derive(Debug, PartialEq)]
 pub struct BootFigures {
     pub wall: f64,
     pub guest: f64,
+    /// MemTotal - MemAvailable.
     pub memory_mib: f64,
+    /// MemTotal - MemFree - Buffers - Cached - SReclaimable.
+    pub used_mib: f64,
 }
 
 /// `kiln boot`'s summary line and the console lines kiln-firstboot prints.
@@ -331,10 +335,20 @@ pub fn parse_boot(boot_stderr: &str, console: &str) -> Option<BootFigures> {
         let rest = &line[line.find(marker)? + marker.len()..];
         rest.split_whitespace().next()?.parse().ok()
     };
+    let memory_line = console.lines().find(|l| l.contains(MEMORY))?;
+    let used_mib = memory_line
+        .split(USED_SUFFIX)
+        .next()
+        .filter(|head| head.len() < memory_line.len())?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()?;
     Some(BootFigures {
         wall,
         guest: value_after(UPTIME)?,
         memory_mib: value_after(MEMORY)?,
+        used_mib,
     })
 }
 
@@ -450,7 +464,8 @@ mod tests {
     fn boot_figures_come_from_kiln_boot_and_the_console() {
         let stderr = "kiln: boot ok: every expected line seen after 23.4 s\n";
         let console = "[  OK  ] Started k3s\n\
-                       x kiln: memory in use before k3s: 61 MiB\n\
+                       x kiln: memory in use before k3s: 141 MiB (MemTotal-MemAvailable); \
+                       43 MiB used as free(1) counts it (processes 14, ...)\n\
                        kiln: node ready role=server\n\
                        kiln: guest uptime at ready: 12.75 s\n";
         assert_eq!(
@@ -458,7 +473,8 @@ mod tests {
             Some(BootFigures {
                 wall: 23.4,
                 guest: 12.75,
-                memory_mib: 61.0
+                memory_mib: 141.0,
+                used_mib: 43.0,
             })
         );
         assert_eq!(parse_boot("kiln: boot failed", console), None);

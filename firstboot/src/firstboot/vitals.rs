@@ -21,6 +21,18 @@ pub fn memory_in_use_kib(meminfo: &str) -> Option<u64> {
     field(meminfo, "MemTotal")?.checked_sub(field(meminfo, "MemAvailable")?)
 }
 
+/// Memory used as `free(1)` counts it (`MemTotal - MemFree - Buffers -
+/// Cached - SReclaimable`), in KiB. It differs from [`memory_in_use_kib`]
+/// by what the kernel holds back from MemAvailable (watermarks, and part of
+/// the page cache), which on a small VM is tens of MiB no process uses.
+pub fn memory_used_kib(meminfo: &str) -> Option<u64> {
+    let mut used = field(meminfo, "MemTotal")?;
+    for name in ["MemFree", "Buffers", "Cached", "SReclaimable"] {
+        used = used.checked_sub(field(meminfo, name)?)?;
+    }
+    Some(used)
+}
+
 /// Where the memory in use goes, for the one console line: the parts a
 /// user can act on (processes, tmpfs, kernel tables).
 pub fn memory_breakdown(meminfo: &str) -> String {
@@ -42,12 +54,13 @@ pub fn uptime_secs(uptime: &str) -> Option<f64> {
 
 pub(crate) fn say_memory(opts: &Options, out: &mut dyn Write) {
     let text = std::fs::read_to_string(opts.path("/proc/meminfo")).unwrap_or_default();
-    if let Some(kib) = memory_in_use_kib(&text) {
+    if let (Some(in_use), Some(used)) = (memory_in_use_kib(&text), memory_used_kib(&text)) {
         say(
             out,
             format!(
-                "memory in use before k3s: {} MiB ({})",
-                kib.div_ceil(1024),
+                "memory in use before k3s: {} MiB (MemTotal-MemAvailable); {} MiB used as free(1) counts it ({})",
+                in_use.div_ceil(1024),
+                used.div_ceil(1024),
                 memory_breakdown(&text)
             ),
         );
@@ -75,6 +88,16 @@ mod tests {
             memory_in_use_kib("MemTotal: 10 kB\nMemAvailable: 20 kB\n"),
             None
         );
+    }
+
+    #[test]
+    fn memory_used_leaves_out_caches_and_free_memory() {
+        // From a kiln node before k3s (1 GiB VM, qemu-x86_64).
+        let meminfo = "MemTotal: 977124 kB\nMemFree: 878936 kB\nMemAvailable: 832664 kB\n\
+                       Buffers: 4380 kB\nCached: 36596 kB\nSReclaimable: 13040 kB\n";
+        assert_eq!(memory_in_use_kib(meminfo), Some(144_460));
+        assert_eq!(memory_used_kib(meminfo), Some(44_172));
+        assert_eq!(memory_used_kib("MemTotal: 10 kB\nMemFree: 5 kB\n"), None);
     }
 
     #[test]
