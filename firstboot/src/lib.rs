@@ -5,6 +5,7 @@
 //!   the image's table, `kiln-init` grows the data partition on first boot).
 //! - [`mbr`]: the same for MBR tables (Raspberry Pi cards).
 //! - [`config`]: the `node.yaml` schema and its validation.
+//! - [`consoles`]: every console the kernel prints on (screen and serial).
 //! - [`datasource`]: where a node finds its `node.yaml` (fw_cfg, baked, ...).
 //! - [`firstboot`]: what `kiln-firstboot` does with it (apply, wait-ready).
 //! - [`install`]: the installer `kiln-init` runs from a kiln installer stick.
@@ -13,6 +14,7 @@
 //!   k3s node.
 
 pub mod config;
+pub mod consoles;
 pub mod datasource;
 pub mod firstboot;
 pub mod gpt;

@@ -86,6 +86,43 @@ fn invalid_config_exits_1_and_writes_nothing() {
     }
 }
 
+/// On a NUC or in vSphere (`console=tty0 console=ttyS0`) the screen shows
+/// what the serial port shows: the steps and the error, the token in
+/// neither.
+#[test]
+fn every_active_console_gets_the_steps_and_the_error() {
+    let root = Root::new("consoles");
+    root.put("sys/class/tty/console/active", "tty0 ttyS0\n");
+    root.put("dev/tty0", "");
+    root.put("dev/ttyS0", "");
+    root.put(
+        FW_CFG,
+        "role: agent\ntoken: s3cret\nhostname: n1\nk3s-args: [--bad]\n",
+    );
+    let out = root.apply().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let journal = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for tty in ["dev/tty0", "dev/ttyS0"] {
+        let screen = std::fs::read_to_string(root.0.join(tty)).unwrap();
+        assert!(
+            screen.starts_with("kiln: node config from fw_cfg opt/io.kiln/node.yaml\n"),
+            "{tty}: {screen}"
+        );
+        assert!(
+            screen.contains("kiln: ERROR: fw_cfg opt/io.kiln/node.yaml:"),
+            "{tty}: {screen}"
+        );
+        assert!(!screen.contains("s3cret"), "{tty}: {screen}");
+        for line in screen.lines() {
+            assert!(journal.contains(line), "{tty} has a line the journal lacks: {line}");
+        }
+    }
+}
+
 #[test]
 fn rack_without_an_entry_waits_and_retries() {
     let root = Root::new("wait");

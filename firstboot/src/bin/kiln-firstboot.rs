@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use kiln_node::consoles::{Consoles, Tee};
 use kiln_node::datasource;
 use kiln_node::firstboot::{self, Options};
 
@@ -89,9 +90,12 @@ fn main() -> ExitCode {
         }
     };
     let opts = Options::with_root(&root);
-    let mut out = std::io::stdout();
+    // Stdout is the journal (the units say `StandardOutput=journal`); every
+    // line also goes to each console, the screen included.
+    let mut out = Tee::new(std::io::stdout(), Consoles::open(&root));
+    let mut err = Tee::new(std::io::stderr(), Consoles::open(&root));
     let result = match command {
-        Command::Apply => apply_until_configured(&opts, &mut out),
+        Command::Apply => apply_until_configured(&opts, &mut out, &mut err),
         Command::WaitReady { timeout } => firstboot::wait_ready(
             &opts,
             Duration::from_secs(timeout),
@@ -103,7 +107,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kiln: ERROR: {e}");
+            let _ = writeln!(err, "kiln: ERROR: {e}");
             ExitCode::FAILURE
         }
     }
@@ -111,14 +115,18 @@ fn main() -> ExitCode {
 
 /// `apply`, again every [`RETRY_EVERY`] while it fails in a way that may
 /// pass later; each new error is printed once.
-fn apply_until_configured(opts: &Options, out: &mut dyn Write) -> Result<(), firstboot::Error> {
+fn apply_until_configured(
+    opts: &Options,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), firstboot::Error> {
     let mut last = String::new();
     loop {
         match firstboot::apply(opts, &datasource::all(), out) {
             Err(e) if e.is_retryable() => {
                 let msg = e.to_string();
                 if msg != last {
-                    eprintln!("kiln: ERROR: {msg}");
+                    let _ = writeln!(err, "kiln: ERROR: {msg}");
                     let _ = writeln!(
                         out,
                         "kiln: waiting for a node config for this node, retrying every {} s",

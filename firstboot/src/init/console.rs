@@ -1,19 +1,21 @@
 //! Console output and the error shape of every step.
 //!
-//! Each line starts with `kiln-init: ` and goes out in one `write` to
-//! `/dev/console` (the kernel's console, a serial port on every kiln board),
-//! or to stderr if that cannot be opened.
+//! Each line starts with `kiln-init: ` and goes out in one `write` to every
+//! console the kernel prints on ([`crate::consoles`]): `/dev/console` until
+//! `/sys` is mounted, then each `console=` of the command line, so the screen
+//! shows what the serial port shows. Stderr if none can be opened.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
+
+use crate::consoles::Consoles;
 
 pub const PREFIX: &str = "kiln-init: ";
 
-static CONSOLE: OnceLock<Option<File>> = OnceLock::new();
+static CONSOLES: Mutex<Option<Consoles>> = Mutex::new(None);
 static DEBUG: AtomicBool = AtomicBool::new(false);
 
 /// Turns [`debug`] lines on (`kiln.debug` on the kernel command line).
@@ -21,21 +23,29 @@ pub fn set_debug(on: bool) {
     DEBUG.store(on, Ordering::Relaxed);
 }
 
+/// Opens the consoles again: once `/sys` is mounted the kernel's list of
+/// active consoles replaces `/dev/console`.
+pub fn reopen() {
+    let mut consoles = CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    *consoles = Some(Consoles::open(Path::new("/")));
+}
+
 /// One console line.
 pub fn say(msg: impl fmt::Display) {
     let line = format!("{PREFIX}{msg}\n");
-    let console = CONSOLE.get_or_init(|| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open("/dev/console")
-            .ok()
-    });
-    // Nothing to do if the console itself fails.
-    let _ = match console {
-        Some(f) => (&*f).write_all(line.as_bytes()),
-        None => std::io::stderr().write_all(line.as_bytes()),
-    };
+    if cfg!(test) {
+        // Unit tests run on a workstation: its consoles are not theirs.
+        eprint!("{line}");
+        return;
+    }
+    let mut consoles = CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    let consoles = consoles.get_or_insert_with(|| Consoles::open(Path::new("/")));
+    if consoles.is_empty() {
+        // Nothing to do if stderr fails too.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    } else {
+        consoles.write_line(line.as_bytes());
+    }
 }
 
 /// A console line only shown with `kiln.debug`.

@@ -2,7 +2,8 @@
 //!
 //! One console line per step (see [`console`]), in this order:
 //!
-//! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs);
+//! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs), then print on every
+//!    console of the command line ([`crate::consoles`]);
 //! 2. read the `kiln.*` options from `/proc/cmdline` ([`cmdline`]);
 //! 3. load the initramfs modules, in the listed order ([`modules`]); on an
 //!    installer stick (`kiln.install`), run [`crate::install`] instead of
@@ -144,6 +145,7 @@ fn mount_api_filesystems() -> Step<()> {
             }
         }
     }
+    console::reopen();
     say("mounted /proc, /sys and /dev");
     Ok(())
 }
