@@ -160,7 +160,11 @@ mod tests {
         let want = "kiln: node ready role=server\nkiln: ERROR: unterminated\n";
         assert_eq!(read(&dir, "tty0"), want);
         assert_eq!(read(&dir, "ttyS0"), want);
-        assert_eq!(read(&dir, "console"), "", "/dev/console would double a line");
+        assert_eq!(
+            read(&dir, "console"),
+            "",
+            "/dev/console would double a line"
+        );
         assert_eq!(
             String::from_utf8(journal).unwrap(),
             "kiln: node ready role=server\nkiln: ERROR: unterminated"
@@ -182,13 +186,13 @@ mod tests {
         let dir = root_with("ttyS0 ../etc/passwd ttyS0 ttyAMA0\n", &["ttyS0"]);
         assert_eq!(
             active(dir.path()),
-            vec![
-                dir.path().join("dev/ttyS0"),
-                dir.path().join("dev/ttyAMA0")
-            ]
+            vec![dir.path().join("dev/ttyS0"), dir.path().join("dev/ttyAMA0")]
         );
         let consoles = Consoles::open(dir.path());
-        assert!(!consoles.is_empty(), "ttyS0 opens although ttyAMA0 does not");
+        assert!(
+            !consoles.is_empty(),
+            "ttyS0 opens although ttyAMA0 does not"
+        );
         consoles.write_line(b"x\n");
         assert_eq!(read(&dir, "ttyS0"), "x\n");
     }

@@ -118,7 +118,10 @@ fn every_active_console_gets_the_steps_and_the_error() {
         );
         assert!(!screen.contains("s3cret"), "{tty}: {screen}");
         for line in screen.lines() {
-            assert!(journal.contains(line), "{tty} has a line the journal lacks: {line}");
+            assert!(
+                journal.contains(line),
+                "{tty} has a line the journal lacks: {line}"
+            );
         }
     }
 }
