@@ -210,6 +210,11 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
         f["ssh-host-key"]
     );
     assert_eq!(f["ssh-host-key-mode"], "600");
+    assert_eq!(
+        f["ssh-key-dir"].trim_end(),
+        "dropbear_ed25519_host_key",
+        "the key is made under a temporary name and renamed"
+    );
     assert!(
         f["ssh-server-args"].contains(" -s "),
         "password logins not disabled: {}",
