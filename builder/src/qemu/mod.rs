@@ -14,7 +14,7 @@ pub mod sd_card;
 pub mod uboot_env;
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -384,9 +384,11 @@ pub fn boot(cfg: &QemuConfig, req: &BootRequest) -> Result<BootOutcome> {
         }
         _ => None,
     };
-    let log = File::create(&req.log)
+    // Unbuffered: QEMU's output arrives in chunks already, and someone
+    // following the log (`tail -f`) or a killed `kiln boot` must see every
+    // line the guest printed so far.
+    let mut log = File::create(&req.log)
         .with_context(|| format!("creating the console log {}", req.log.display()))?;
-    let mut log = BufWriter::new(log);
 
     let args = command_line(cfg, req, vars.as_deref());
     writeln!(log, "# {} {}", cfg.binary, args.join(" ")).context("writing the console log")?;
