@@ -18,6 +18,46 @@ pub use modules::{
     decompress, index_modules, normalize, parse_builtin, KernelModules, Module, ModuleRef,
 };
 
+/// Helpers for the tests that read a real, unpacked Debian kernel.
+#[cfg(test)]
+pub(crate) mod real_kernel {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// The QEMU x86 set of DESIGN.md ("Initramfs modules").
+    pub const QEMU_X86_MODULES: [&str; 9] = [
+        "virtio_pci",
+        "virtio_blk",
+        "ext4",
+        "crc32c_generic",
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "squashfs",
+        "overlay",
+    ];
+
+    /// Every file under `lib/modules/<kver>` of an unpacked kernel package,
+    /// keyed by its path below that directory (what
+    /// [`super::index_modules`] takes).
+    pub fn module_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                    files.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        files
+    }
+}
+
 /// What goes into the initramfs.
 #[derive(Debug, Clone)]
 pub struct InitramfsInput {

@@ -559,32 +559,10 @@ mod tests {
         let dir = std::path::PathBuf::from(
             std::env::var("KILN_TEST_KERNEL_MODULES").expect("set KILN_TEST_KERNEL_MODULES"),
         );
-        let mut files = BTreeMap::new();
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
-                    files.insert(rel, std::fs::read(&p).unwrap());
-                }
-            }
-        }
+        let files = crate::initramfs::real_kernel::module_tree(&dir);
         let builtin = parse_builtin(&String::from_utf8_lossy(&files["modules.builtin"]));
         let idx = index_modules(&files).unwrap();
-        let wanted = want(&[
-            "virtio_pci",
-            "virtio_blk",
-            "ext4",
-            "crc32c_generic",
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "squashfs",
-            "overlay",
-        ]);
+        let wanted = want(&crate::initramfs::real_kernel::QEMU_X86_MODULES);
         // DESIGN.md's verified load order (kernel 6.1.0-50): same set.
         let verified = [
             "virtio",

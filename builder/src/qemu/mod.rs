@@ -947,10 +947,9 @@ mod tests {
         assert!(err.to_string().contains("build it first"), "{err}");
     }
 
-    /// The real thing: OVMF with an empty disk drops to its shell, and the
-    /// runner fails fast on `Shell>` instead of waiting forever.
-    #[test]
-    fn ovmf_empty_disk_fails_fast_on_shell() {
+    /// OVMF's code and variable store, if QEMU and OVMF are installed; a
+    /// test without them says it is skipped.
+    fn x86_qemu_and_ovmf() -> Option<(&'static Path, &'static Path)> {
         let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
         let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
         let have_qemu = Command::new("qemu-system-x86_64")
@@ -959,8 +958,18 @@ mod tests {
             .is_ok();
         if !have_qemu || !code.is_file() || !vars.is_file() {
             eprintln!("skipped: qemu-system-x86_64 or OVMF is not installed (scripts/setup-host.sh installs them)");
-            return;
+            return None;
         }
+        Some((code, vars))
+    }
+
+    /// The real thing: OVMF with an empty disk drops to its shell, and the
+    /// runner fails fast on `Shell>` instead of waiting forever.
+    #[test]
+    fn ovmf_empty_disk_fails_fast_on_shell() {
+        let Some((code, vars)) = x86_qemu_and_ovmf() else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("empty.img");
         File::create(&image).unwrap().set_len(8 << 20).unwrap();
@@ -1053,16 +1062,9 @@ mod tests {
     #[test]
     fn ovmf_reads_a_kiln_fat_volume() {
         use crate::fs::fat;
-        let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
-        let vars = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
-        let have_qemu = Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_ok();
-        if !have_qemu || !code.is_file() || !vars.is_file() {
-            eprintln!("skipped: qemu-system-x86_64 or OVMF is not installed (scripts/setup-host.sh installs them)");
+        let Some((code, vars)) = x86_qemu_and_ovmf() else {
             return;
-        }
+        };
         let spec = fat::FatSpec {
             size_bytes: 40 << 20,
             label: "KILN-ESP".into(),
@@ -1106,8 +1108,6 @@ mod tests {
     #[test]
     #[ignore = "needs a Debian kernel and a static kiln-init; set KILN_TEST_KERNEL, KILN_TEST_KERNEL_MODULES, KILN_TEST_INIT"]
     fn debian_kernel_loads_the_initramfs_modules() {
-        use std::collections::BTreeMap;
-
         use crate::initramfs;
         let var = |v: &str| PathBuf::from(std::env::var(v).unwrap_or_else(|_| panic!("set {v}")));
         let (kernel, moddir, init) = (
@@ -1116,38 +1116,12 @@ mod tests {
             var("KILN_TEST_INIT"),
         );
         let kver = moddir.file_name().unwrap().to_string_lossy().into_owned();
-        let mut files = BTreeMap::new();
-        let mut stack = vec![moddir.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let rel = p
-                        .strip_prefix(&moddir)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned();
-                    files.insert(rel, std::fs::read(&p).unwrap());
-                }
-            }
-        }
+        let files = initramfs::real_kernel::module_tree(&moddir);
         let builtin = initramfs::parse_builtin(&String::from_utf8_lossy(&files["modules.builtin"]));
-        let wanted: Vec<String> = [
-            "virtio_pci",
-            "virtio_blk",
-            "ext4",
-            "crc32c_generic",
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "squashfs",
-            "overlay",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let wanted: Vec<String> = initramfs::real_kernel::QEMU_X86_MODULES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let order = initramfs::index_modules(&files)
             .unwrap()
             .closure(&wanted, &builtin)
