@@ -233,6 +233,10 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
     assert_eq!(f["os-release-k3s"], "K3S=\"test-double\"");
     assert_eq!(f["failed-units"], "", "no systemd unit may fail");
     assert_eq!(
+        f["wait-online-args"], "--any --timeout=300",
+        "k3s waits for one NIC with an address, not for every NIC"
+    );
+    assert_eq!(
         (
             f["boot-count"].as_str(),
             f["var-file"].as_str(),
