@@ -197,6 +197,49 @@ fn assert_pi_card(board_name: &str) {
         built.sha256,
         "{board_name}: bmaptool copy with kiln's bmap differs from the image"
     );
+    // A used card: a flasher writes the mapped blocks and leaves what the
+    // card held in the others (bmaptool truncates a regular file, so a used
+    // card is played here: garbage, then the mapped blocks). Only the root
+    // slots past the squashfs may keep garbage; the tables, the boot and
+    // data file systems (whose zero blocks are free-cluster entries and
+    // bitmaps) and the squashfs must come out as in the image.
+    let want = std::fs::read(image).unwrap();
+    let mut got = vec![0xa5u8; want.len()];
+    let bmap = std::fs::read_to_string(with(".bmap")).unwrap();
+    let ranges = bmap
+        .lines()
+        .filter(|l| l.trim_start().starts_with("<Range"))
+        .filter_map(|l| l.split("> ").nth(1)?.split(" </Range>").next());
+    for range in ranges {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let span = a * 4096..((b + 1) * 4096).min(want.len());
+        got[span.clone()].copy_from_slice(&want[span]);
+    }
+    let squashfs_end = {
+        let at = (parts[1].first_lba * 512) as usize;
+        at + u64::from_le_bytes(want[at + 40..at + 48].try_into().unwrap()) as usize
+    };
+    let slots = (parts[1].first_lba * 512) as usize..((parts[2].last_lba + 1) * 512) as usize;
+    let differ: Vec<usize> = (0..want.len())
+        .step_by(512)
+        .filter(|&at| want[at..at + 512] != got[at..at + 512])
+        .collect();
+    let read_garbage: Vec<usize> = differ
+        .iter()
+        .filter(|&&at| !slots.contains(&at) || at < squashfs_end)
+        .map(|at| at / 512)
+        .collect();
+    assert!(
+        read_garbage.is_empty(),
+        "{board_name}: a flasher following the bmap leaves garbage where something reads: \
+         sectors {:?}",
+        &read_garbage[..read_garbage.len().min(5)]
+    );
+    assert!(
+        !differ.is_empty(),
+        "{board_name}: the bmap maps every block (nothing skipped)"
+    );
     eprintln!(
         "{board_name}: {len} bytes raw ({} MiB), {} files on the boot partition",
         len >> 20,

@@ -346,6 +346,21 @@ pub struct OutputReport {
     pub disk: Option<(u64, u64)>,
 }
 
+/// The byte ranges of the root slots: past its squashfs a slot holds
+/// nothing anyone reads, so the block map may skip its zero blocks.
+fn root_slots(plan: &BuildPlan) -> Vec<std::ops::Range<u64>> {
+    let slots = [
+        kiln_node::layout::ROOT_A_PARTITION,
+        kiln_node::layout::ROOT_B_PARTITION,
+    ];
+    crate::disk::layout::place(&crate::disk::partitions(plan))
+        .partitions
+        .iter()
+        .filter(|p| slots.contains(&p.plan.name.as_str()))
+        .map(|p| p.offset..p.offset + p.size_bytes)
+        .collect()
+}
+
 /// The plan's outputs, made from the raw image just written.
 fn write_outputs(
     plan: &BuildPlan,
@@ -369,7 +384,7 @@ fn write_outputs(
             Format::Img => {}
             Format::Bmap => {
                 let file = stages.run("writing the block map", || {
-                    crate::output::bmap::write_bmap(image, &beside(".bmap"))
+                    crate::output::bmap::write_bmap(image, &root_slots(plan), &beside(".bmap"))
                 })?;
                 done.push(OutputReport {
                     kind: "bmap",

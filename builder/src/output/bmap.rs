@@ -2,10 +2,22 @@
 //! so a flasher writes only the blocks that hold data, and a `.sha256` in
 //! `sha256sum -c` format.
 //!
-//! The map marks a 4 KiB block as mapped when it holds a non-zero byte, not
-//! where the file system says there is data: the same image gives the same
-//! `.bmap` on any file system, and a flasher that skips unmapped blocks on
-//! a zeroed or fresh target reproduces the image byte for byte.
+//! bmaptool writes only the mapped blocks and leaves whatever the card held
+//! in the others, so an unmapped block must be one nothing ever reads. The
+//! map is made from the image's bytes and its layout, not from where the
+//! build host's file system happens to store data (the same image gives the
+//! same `.bmap` everywhere):
+//! - a block holding a non-zero byte is mapped;
+//! - an all-zero block is unmapped only inside a *don't-care* range: the
+//!   root slots, whose bytes past the squashfs nothing reads (and root B
+//!   is empty until an update writes it whole);
+//! - everywhere else (the partition tables, the boot partition, the data
+//!   partition) zeros are data too: a FAT's free-cluster entries and an
+//!   ext4 bitmap are zeros a used card would otherwise fill with garbage.
+//!
+//! On a zeroed or fresh target, a copy that skips unmapped blocks
+//! reproduces the image byte for byte; on a used card it differs only where
+//! nothing reads.
 
 use std::fs::File;
 use std::path::Path;
@@ -21,8 +33,10 @@ pub const BLOCK: usize = 4096;
 /// A mapped range: first and last block (inclusive), sha256 of its bytes.
 type Range = (u64, u64, String);
 
-/// Mapped block ranges of the file at `raw`, and the file's size.
-fn mapped_ranges(raw: &Path) -> Result<(u64, Vec<Range>)> {
+/// Mapped block ranges of the file at `raw`, and the file's size. A zero
+/// block is unmapped only when it lies wholly inside one of `dont_care`
+/// (byte ranges).
+fn mapped_ranges(raw: &Path, dont_care: &[std::ops::Range<u64>]) -> Result<(u64, Vec<Range>)> {
     let mut file = File::open(raw).with_context(|| format!("reading {}", raw.display()))?;
     let size = file.metadata()?.len();
     let mut ranges: Vec<(u64, u64, Sha256)> = Vec::new();
@@ -34,7 +48,11 @@ fn mapped_ranges(raw: &Path) -> Result<(u64, Vec<Range>)> {
             break;
         }
         for chunk in buf[..filled].chunks(BLOCK) {
-            if chunk.iter().any(|b| *b != 0) {
+            let start = block * BLOCK as u64;
+            let end = start + BLOCK as u64;
+            let skippable = chunk.iter().all(|b| *b == 0)
+                && dont_care.iter().any(|r| r.start <= start && end <= r.end);
+            if !skippable {
                 match ranges.last_mut() {
                     Some((_, last, h)) if *last + 1 == block => {
                         *last = block;
@@ -89,9 +107,10 @@ fn render(size: u64, ranges: &[Range], file_checksum: &str) -> String {
     s
 }
 
-/// Writes `out` (atomically), the block map of the image at `raw`.
-pub fn write_bmap(raw: &Path, out: &Path) -> Result<Written> {
-    let (size, ranges) = mapped_ranges(raw)?;
+/// Writes `out` (atomically), the block map of the image at `raw`; zero
+/// blocks inside `dont_care` (byte ranges nothing reads) are left out.
+pub fn write_bmap(raw: &Path, dont_care: &[std::ops::Range<u64>], out: &Path) -> Result<Written> {
+    let (size, ranges) = mapped_ranges(raw, dont_care)?;
     let zeros = "0".repeat(64);
     let draft = render(size, &ranges, &zeros);
     let text = render(size, &ranges, &hex(&Sha256::digest(draft.as_bytes())));
@@ -129,16 +148,34 @@ mod tests {
         path
     }
 
+    /// Blocks 10..30 play a root slot: its zero blocks may be skipped.
+    const SLOT: std::ops::Range<u64> = 10 * BLOCK as u64..30 * BLOCK as u64;
+
+    #[test]
+    fn zeros_are_skipped_only_where_nothing_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = image(dir.path());
+        let (size, ranges) = mapped_ranges(&raw, &[SLOT]).unwrap();
+        assert_eq!(size, 40 * BLOCK as u64 + 100);
+        let spans: Vec<(u64, u64)> = ranges.iter().map(|(a, b, _)| (*a, *b)).collect();
+        assert_eq!(spans, [(0, 9), (17, 17), (30, 40)]);
+        // A don't-care range that ends mid-block keeps that block.
+        let short = SLOT.start..SLOT.end - 1;
+        let (_, ranges) = mapped_ranges(&raw, std::slice::from_ref(&short)).unwrap();
+        assert_eq!(ranges.last().map(|r| r.0), Some(29));
+    }
+
     #[test]
     fn maps_the_non_zero_blocks_and_checksums_itself() {
         let dir = tempfile::tempdir().unwrap();
         let raw = image(dir.path());
-        let (size, ranges) = mapped_ranges(&raw).unwrap();
+        let whole = 0..u64::MAX;
+        let (size, ranges) = mapped_ranges(&raw, std::slice::from_ref(&whole)).unwrap();
         assert_eq!(size, 40 * BLOCK as u64 + 100);
         let spans: Vec<(u64, u64)> = ranges.iter().map(|(a, b, _)| (*a, *b)).collect();
         assert_eq!(spans, [(0, 2), (17, 17), (40, 40)]);
         let out = dir.path().join("disk.img.bmap");
-        write_bmap(&raw, &out).unwrap();
+        write_bmap(&raw, std::slice::from_ref(&whole), &out).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains("<BlocksCount> 41 </BlocksCount>"), "{text}");
         assert!(text.contains("<MappedBlocksCount> 5 </MappedBlocksCount>"));
@@ -153,7 +190,7 @@ mod tests {
             .to_string();
         let zeroed = text.replace(&sum, &"0".repeat(64));
         assert_eq!(sum, hex(&Sha256::digest(zeroed.as_bytes())));
-        write_bmap(&raw, &dir.path().join("again.bmap")).unwrap();
+        write_bmap(&raw, &[whole], &dir.path().join("again.bmap")).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("again.bmap")).unwrap(),
             text
@@ -167,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = image(dir.path());
         let bmap = dir.path().join("disk.img.bmap");
-        write_bmap(&raw, &bmap).unwrap();
+        write_bmap(&raw, &[SLOT], &bmap).unwrap();
         let copy = dir.path().join("copy.img");
         let out = Command::new("bmaptool")
             .arg("copy")
