@@ -20,6 +20,7 @@
 //! - [`bench`]: `kiln bench`, kiln's build and boot figures next to the
 //!   peer pipelines'.
 //! - [`qemu`]: boots an image under QEMU and watches its serial console.
+//! - [`flash`]: writes an image to an SD card or USB disk and reads it back.
 
 pub mod bench;
 pub mod board;
@@ -27,6 +28,7 @@ pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod disk;
+pub mod flash;
 pub mod fs;
 pub mod initramfs;
 pub mod installer;

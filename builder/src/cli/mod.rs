@@ -4,6 +4,7 @@
 mod bench;
 mod boot;
 mod build;
+mod flash;
 mod validate;
 
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ pub struct Cli {
 pub enum Command {
     Build(build::BuildCmd),
     Boot(boot::BootCmd),
+    Flash(flash::FlashCmd),
     Validate(validate::ValidateCmd),
     Boards(BoardsCmd),
     Bench(bench::BenchCmd),
@@ -45,6 +47,7 @@ impl Cli {
         let result = match self.command {
             Command::Build(cmd) => cmd.run(),
             Command::Boot(cmd) => return cmd.run(),
+            Command::Flash(cmd) => cmd.run(),
             Command::Validate(cmd) => cmd.run(),
             Command::Boards(_) => list_boards(),
             Command::Bench(cmd) => cmd.run(),

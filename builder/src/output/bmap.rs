@@ -128,6 +128,95 @@ pub fn write_sha256(raw: &Path, sha256: &str, out: &Path) -> Result<Written> {
     write_atomically(out, |w| Ok(std::io::Write::write_all(w, line.as_bytes())?))
 }
 
+/// A block map read back: what `kiln flash` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMap {
+    pub image_size: u64,
+    pub block_size: u64,
+    /// First and last block (inclusive) of each mapped range, in order,
+    /// with the sha256 of its bytes when the map has one.
+    pub ranges: Vec<(u64, u64, Option<String>)>,
+}
+
+impl BlockMap {
+    /// Bytes in the mapped ranges.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .map(|(a, b, _)| self.byte_range(*a, *b))
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+
+    /// The bytes of blocks `first..=last`, cut at the image's end.
+    pub fn byte_range(&self, first: u64, last: u64) -> std::ops::Range<u64> {
+        (first * self.block_size).min(self.image_size)
+            ..((last + 1) * self.block_size).min(self.image_size)
+    }
+}
+
+/// Reads a bmap (bmaptool's format 1.x or 2.x, sha256 or sha1 range
+/// checksums; only sha256 ones are checked by `kiln flash`). The errors
+/// name what is wrong, so a truncated or foreign file is not mistaken for
+/// a map that says "write nothing".
+pub fn parse(text: &str) -> Result<BlockMap> {
+    let field = |name: &str| -> Result<u64> {
+        let open = format!("<{name}>");
+        let value = text
+            .split_once(&open)
+            .and_then(|(_, rest)| rest.split_once(&format!("</{name}>")))
+            .map(|(v, _)| v.trim())
+            .with_context(|| format!("no <{name}> in the bmap"))?;
+        value
+            .parse()
+            .with_context(|| format!("<{name}> is not a number: {value:?}"))
+    };
+    let image_size = field("ImageSize")?;
+    let block_size = field("BlockSize")?;
+    anyhow::ensure!(block_size > 0, "<BlockSize> is 0");
+    let sha256 = text.contains("<ChecksumType> sha256 </ChecksumType>");
+    let body = text
+        .split_once("<BlockMap>")
+        .and_then(|(_, rest)| rest.split_once("</BlockMap>"))
+        .map(|(body, _)| body)
+        .context("no <BlockMap> in the bmap")?;
+    let mut ranges: Vec<(u64, u64, Option<String>)> = Vec::new();
+    for part in body.split("<Range").skip(1) {
+        let (attrs, rest) = part.split_once('>').context("a <Range> is not closed")?;
+        let span = rest
+            .split_once("</Range>")
+            .context("a <Range> has no </Range>")?
+            .0
+            .trim();
+        let (a, b) = span.split_once('-').unwrap_or((span, span));
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .with_context(|| format!("bad <Range> {span:?}"))
+        };
+        let (a, b) = (parse(a)?, parse(b)?);
+        anyhow::ensure!(a <= b, "bad <Range> {span:?}: it ends before it starts");
+        if let Some(&(_, last, _)) = ranges.last() {
+            anyhow::ensure!(a > last, "<Range> {span:?} is out of order or overlaps");
+        }
+        anyhow::ensure!(
+            a * block_size < image_size.max(1),
+            "<Range> {span:?} lies past the image's end"
+        );
+        let sum = attrs
+            .split_once("chksum=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .filter(|_| sha256);
+        ranges.push((a, b, sum));
+    }
+    Ok(BlockMap {
+        image_size,
+        block_size,
+        ranges,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +309,46 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&raw).unwrap());
+    }
+
+    #[test]
+    fn a_written_map_reads_back_and_a_broken_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = image(dir.path());
+        let out = dir.path().join("disk.img.bmap");
+        write_bmap(&raw, &[SLOT], &out).unwrap();
+        let map = parse(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(map.image_size, 40 * BLOCK as u64 + 100);
+        assert_eq!(map.block_size, BLOCK as u64);
+        let spans: Vec<(u64, u64)> = map.ranges.iter().map(|(a, b, _)| (*a, *b)).collect();
+        assert_eq!(spans, [(0, 9), (17, 17), (30, 40)]);
+        assert!(map.ranges.iter().all(|r| r.2.as_ref().is_some_and(|s| s.len() == 64)));
+        // The last block is partial: 10 + 1 + 10 blocks and 100 bytes.
+        assert_eq!(map.mapped_bytes(), 21 * BLOCK as u64 + 100);
+        for (text, why) in [
+            ("<bmap></bmap>", "no <ImageSize>"),
+            (
+                "<ImageSize> 9 </ImageSize><BlockSize> 4096 </BlockSize>",
+                "no <BlockMap>",
+            ),
+            (
+                "<ImageSize> 9000 </ImageSize><BlockSize> 4096 </BlockSize>\
+                 <BlockMap><Range> 1 </Range><Range> 0 </Range></BlockMap>",
+                "out of order",
+            ),
+            (
+                "<ImageSize> 9000 </ImageSize><BlockSize> 4096 </BlockSize>\
+                 <BlockMap><Range> 7 </Range></BlockMap>",
+                "past the image's end",
+            ),
+            (
+                "<ImageSize> x </ImageSize><BlockSize> 4096 </BlockSize>",
+                "not a number",
+            ),
+        ] {
+            let err = format!("{:#}", parse(text).unwrap_err());
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]
