@@ -5,7 +5,7 @@ fn help_texts_explain_each_command_within_80_columns() {
     for (args, needles) in [
         (
             vec!["--help"],
-            vec!["build", "boot", "validate", "boards", "immutable"],
+            vec!["build", "boot", "flash", "validate", "boards", "immutable"],
         ),
         (
             vec!["build", "--help"],
@@ -25,6 +25,17 @@ fn help_texts_explain_each_command_within_80_columns() {
             ],
         ),
         (vec!["validate", "--help"], vec!["node.yaml", "line"]),
+        (
+            vec!["flash", "--help"],
+            vec![
+                "--yes",
+                "--force",
+                "--bmap",
+                "--no-bmap",
+                "read back",
+                "running system",
+            ],
+        ),
     ] {
         let r = run(kiln().args(&args)).success();
         for n in needles {

@@ -26,6 +26,29 @@ fn partition_bytes(image: &Path, p: &mbr::Partition) -> Vec<u8> {
     data
 }
 
+/// A card written from the Pi `image` compared with the image: how many
+/// sectors differ, and which of those something reads (anything but the
+/// root slots past the squashfs).
+pub(crate) fn compare_card(image: &[u8], card: &[u8]) -> (usize, Vec<usize>) {
+    let table = mbr::read(&mut std::io::Cursor::new(image)).unwrap();
+    let parts: Vec<&mbr::Partition> = table.partitions.iter().flatten().collect();
+    let squashfs_end = {
+        let at = (parts[1].first_lba * 512) as usize;
+        at + u64::from_le_bytes(image[at + 40..at + 48].try_into().unwrap()) as usize
+    };
+    let slots = (parts[1].first_lba * 512) as usize..((parts[2].last_lba + 1) * 512) as usize;
+    let differ: Vec<usize> = (0..image.len())
+        .step_by(512)
+        .filter(|&at| image[at..at + 512] != card[at..at + 512])
+        .collect();
+    let read_garbage = differ
+        .iter()
+        .filter(|&&at| !slots.contains(&at) || at < squashfs_end)
+        .map(|at| at / 512)
+        .collect();
+    (differ.len(), read_garbage)
+}
+
 fn assert_pi_card(board_name: &str) {
     let board = Board::load(board_name).unwrap();
     let raspi = board.raspi.clone().expect("a Pi board");
@@ -216,20 +239,7 @@ fn assert_pi_card(board_name: &str) {
         let span = a * 4096..((b + 1) * 4096).min(want.len());
         got[span.clone()].copy_from_slice(&want[span]);
     }
-    let squashfs_end = {
-        let at = (parts[1].first_lba * 512) as usize;
-        at + u64::from_le_bytes(want[at + 40..at + 48].try_into().unwrap()) as usize
-    };
-    let slots = (parts[1].first_lba * 512) as usize..((parts[2].last_lba + 1) * 512) as usize;
-    let differ: Vec<usize> = (0..want.len())
-        .step_by(512)
-        .filter(|&at| want[at..at + 512] != got[at..at + 512])
-        .collect();
-    let read_garbage: Vec<usize> = differ
-        .iter()
-        .filter(|&&at| !slots.contains(&at) || at < squashfs_end)
-        .map(|at| at / 512)
-        .collect();
+    let (differ, read_garbage) = compare_card(&want, &got);
     assert!(
         read_garbage.is_empty(),
         "{board_name}: a flasher following the bmap leaves garbage where something reads: \
@@ -237,7 +247,7 @@ fn assert_pi_card(board_name: &str) {
         &read_garbage[..read_garbage.len().min(5)]
     );
     assert!(
-        !differ.is_empty(),
+        differ > 0,
         "{board_name}: the bmap maps every block (nothing skipped)"
     );
     eprintln!(
@@ -264,20 +274,30 @@ fn rpi4_card_layout_firmware_and_root() {
 
 /// `--format xz --format zst`: both files decompress to the image the
 /// shared build made (same spec, same bytes), written with every core.
+/// The rpi3 self-test image written as `.img.xz` and `.img.zst` (built once
+/// per run; `tests/flash.rs` flashes them too).
+pub(crate) fn compressed_rpi3() -> &'static Path {
+    static OUT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    OUT.get_or_init(|| {
+        let out = scratch("raspi-compressed");
+        crate::util::run(
+            crate::util::kiln()
+                .arg("build")
+                .arg(crate::util::fixture("selftest/spec.yaml"))
+                .args([
+                    "--board", "rpi3", "--format", "xz", "--format", "zst", "--out",
+                ])
+                .arg(&out),
+        )
+        .success();
+        out
+    })
+}
+
 #[test]
 fn rpi3_compressed_images_decompress_to_the_raw_image() {
     let built = selftest_image("rpi3");
-    let out = scratch("raspi-compressed");
-    crate::util::run(
-        crate::util::kiln()
-            .arg("build")
-            .arg(crate::util::fixture("selftest/spec.yaml"))
-            .args([
-                "--board", "rpi3", "--format", "xz", "--format", "zst", "--out",
-            ])
-            .arg(&out),
-    )
-    .success();
+    let out = compressed_rpi3();
     let xz = std::fs::File::open(out.join("kiln-selftest.img.xz")).unwrap();
     let zst = std::fs::File::open(out.join("kiln-selftest.img.zst")).unwrap();
     for (name, mut reader) in [

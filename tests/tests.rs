@@ -8,6 +8,7 @@
 //! - `ova`: the vmware-ova board's OVA: layout, manifest, VMDK, errors.
 //! - `bench`: `kiln bench` runs end to end (no timing is asserted).
 //! - `raspi`: the Raspberry Pi images' card layout, firmware files and root.
+//! - `flash`: `kiln flash` of those images onto card files, and its refusals.
 //! - `boot`: the QEMU boot tests, the final proof (one rich boot per case).
 //! - `cluster`: several VMs of one image on a private network: rack mode,
 //!   joins, a wrong token, secrets on the console and in the journal.
@@ -20,6 +21,7 @@ mod boot;
 mod build;
 mod cli;
 mod cluster;
+mod flash;
 mod ova;
 mod raspi;
 mod util;

@@ -76,11 +76,12 @@ impl FlashCmd {
         let report = flash::flash(image, target, &mut flash::write::Lines::new())?;
         let secs = report.write_time.as_secs_f64().max(0.001);
         eprintln!(
-            "kiln: flashed {} to {}: {} written in {:.1} s ({:.1} MB/s), read back and \
-             verified in {:.1} s",
+            "kiln: flashed {} to {}: {} of the {} image written in {:.1} s ({:.1} MB/s), \
+             read back and verified in {:.1} s",
             report.image.path.display(),
             report.target.path.display(),
             mib(report.written),
+            mib(report.image.size),
             secs,
             report.written as f64 / secs / 1e6,
             report.verify_time.as_secs_f64()

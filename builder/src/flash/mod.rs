@@ -70,14 +70,13 @@ pub fn flash(image: Image, target: Target, progress: &mut dyn write::Progress) -
     let map = image.map.as_ref().map(|(_, m)| m);
     let mut src = image.reader()?;
     let started = Instant::now();
-    let result = write::write_image(src.as_mut(), image.size, map, &mut dst, progress).and_then(
-        |w| {
+    let result =
+        write::write_image(src.as_mut(), image.size, map, &mut dst, progress).and_then(|w| {
             let write_time = started.elapsed();
             let verifying = Instant::now();
             write::verify(&mut dst, image.size, map, &w, progress)?;
             Ok((w, write_time, verifying.elapsed()))
-        },
-    );
+        });
     match result {
         Ok((w, write_time, verify_time)) => Ok(Report {
             image,

@@ -162,7 +162,11 @@ pub fn disk_facts(path: &Path, number: &str, root: &Path) -> Result<Target> {
         } else {
             sys.join(member)
         };
-        for holder in fs::read_dir(dir.join("holders")).into_iter().flatten().flatten() {
+        for holder in fs::read_dir(dir.join("holders"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             in_use.push(format!(
                 "{member} is held by {} (LVM, RAID or dm-crypt)",
                 holder.file_name().to_string_lossy()
@@ -207,7 +211,9 @@ fn root_disk(root: &Path) -> Option<String> {
         if dir.join("partition").exists() {
             dir = dir.parent()?.to_path_buf();
         }
-        let slave = fs::read_dir(dir.join("slaves")).ok().and_then(|mut d| d.next());
+        let slave = fs::read_dir(dir.join("slaves"))
+            .ok()
+            .and_then(|mut d| d.next());
         match slave {
             Some(Ok(s)) => dir = fs::canonicalize(s.path()).ok()?,
             _ => return Some(file_name(&dir)),
@@ -221,7 +227,9 @@ fn root_disk(root: &Path) -> Option<String> {
 pub enum Refusal {
     #[error("{0} holds the running system (its / is on it); name another disk")]
     HoldsRoot(String),
-    #[error("{disk} is in use: {why}; unmount it (and swapoff, vgchange -an, cryptsetup close) first")]
+    #[error(
+        "{disk} is in use: {why}; unmount it (and swapoff, vgchange -an, cryptsetup close) first"
+    )]
     InUse { disk: String, why: String },
     #[error(
         "{0} is not a removable disk (an internal disk?); check the name, and pass --force if \
@@ -279,7 +287,14 @@ mod tests {
                 dir: tempfile::tempdir().unwrap(),
             };
             fake.disk("sda", "8:0", &["sda1", "sda2"], "0", "ATA", "Internal SSD");
-            fake.disk("sdb", "8:16", &["sdb1", "sdb2"], "1", "Generic", "SD Reader");
+            fake.disk(
+                "sdb",
+                "8:16",
+                &["sdb1", "sdb2"],
+                "1",
+                "Generic",
+                "SD Reader",
+            );
             fake.put("proc/swaps", "Filename Type Size Used Priority\n");
             fake.mountinfo(&[("8:2", "/")]);
             fake
@@ -360,7 +375,8 @@ mod tests {
         fs::create_dir_all(fake.root().join("sys/devices/virtual/block/dm-0/slaves")).unwrap();
         symlink(
             fake.root().join("sys/devices/pci0/host0/block/sda/sda2"),
-            fake.root().join("sys/devices/virtual/block/dm-0/slaves/sda2"),
+            fake.root()
+                .join("sys/devices/virtual/block/dm-0/slaves/sda2"),
         )
         .unwrap();
         fake.link("254:0", "sys/devices/virtual/block/dm-0");
@@ -389,10 +405,7 @@ mod tests {
         fake.put("proc/swaps", "Filename Type Size Used Priority\n");
         fake.put("sys/devices/pci0/host0/block/sdb/sdb1/holders/dm-3", "");
         let t = fake.facts("8:16").unwrap();
-        assert_eq!(
-            t.in_use,
-            ["sdb1 is held by dm-3 (LVM, RAID or dm-crypt)"]
-        );
+        assert_eq!(t.in_use, ["sdb1 is held by dm-3 (LVM, RAID or dm-crypt)"]);
         assert!(matches!(check(&t, IMAGE, true), Err(Refusal::InUse { .. })));
     }
 

@@ -229,14 +229,13 @@ impl Default for Lines {
 impl Progress for Lines {
     fn update(&mut self, phase: &str, done: u64, total: u64) {
         if phase != self.phase {
+            // The first line of a phase comes after two seconds, not at once.
             self.phase = phase.to_string();
             self.start = Instant::now();
-            self.last = None;
+            self.last = Some(self.start);
         }
         let now = Instant::now();
-        let due = self
-            .last
-            .is_none_or(|t| now - t >= Duration::from_secs(2));
+        let due = self.last.is_none_or(|t| now - t >= Duration::from_secs(2));
         if due || done == total {
             self.last = Some(now);
             let secs = (now - self.start).as_secs_f64().max(0.001);
@@ -308,7 +307,10 @@ mod tests {
         verify(&mut card, img.len() as u64, None, &w, &mut Quiet).unwrap();
         let got = contents(&mut card);
         assert_eq!(&got[..img.len()], &img[..]);
-        assert!(got[img.len()..].iter().all(|b| *b == 0xee), "past the image");
+        assert!(
+            got[img.len()..].iter().all(|b| *b == 0xee),
+            "past the image"
+        );
     }
 
     #[test]
@@ -316,14 +318,26 @@ mod tests {
         let img = image();
         let map = map_of(&img);
         let (_d, mut card) = target(img.len(), 0xee);
-        let w = write_image(&mut &img[..], img.len() as u64, Some(&map), &mut card, &mut Quiet)
-            .unwrap();
+        let w = write_image(
+            &mut &img[..],
+            img.len() as u64,
+            Some(&map),
+            &mut card,
+            &mut Quiet,
+        )
+        .unwrap();
         assert_eq!(w.bytes, 2 * 4096);
         verify(&mut card, img.len() as u64, Some(&map), &w, &mut Quiet).unwrap();
         let got = contents(&mut card);
         assert_eq!(&got[..4096], &img[..4096]);
-        assert_eq!(&got[2 << 20..(2 << 20) + 4096], &img[2 << 20..(2 << 20) + 4096]);
-        assert!(got[4096..2 << 20].iter().all(|b| *b == 0xee), "unmapped kept");
+        assert_eq!(
+            &got[2 << 20..(2 << 20) + 4096],
+            &img[2 << 20..(2 << 20) + 4096]
+        );
+        assert!(
+            got[4096..2 << 20].iter().all(|b| *b == 0xee),
+            "unmapped kept"
+        );
     }
 
     #[test]
@@ -332,9 +346,18 @@ mod tests {
         let mut map = map_of(&img);
         map.ranges[1].2 = Some("0".repeat(64));
         let (_d, mut card) = target(img.len(), 0xee);
-        let err = write_image(&mut &img[..], img.len() as u64, Some(&map), &mut card, &mut Quiet)
-            .unwrap_err();
-        assert!(err.to_string().contains("do not match its block map"), "{err}");
+        let err = write_image(
+            &mut &img[..],
+            img.len() as u64,
+            Some(&map),
+            &mut card,
+            &mut Quiet,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("do not match its block map"),
+            "{err}"
+        );
         // The first MiB is written last, so it is still the old content.
         assert!(contents(&mut card)[..4096].iter().all(|b| *b == 0xee));
     }
@@ -344,10 +367,21 @@ mod tests {
         let img = image();
         let short = &img[..img.len() - 100];
         let (_d, mut card) = target(img.len(), 0xee);
-        let err = write_image(&mut &short[..], img.len() as u64, None, &mut card, &mut Quiet)
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("truncated or damaged"), "{err:#}");
-        assert!(contents(&mut card)[..HEAD as usize].iter().all(|b| *b == 0xee));
+        let err = write_image(
+            &mut &short[..],
+            img.len() as u64,
+            None,
+            &mut card,
+            &mut Quiet,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("truncated or damaged"),
+            "{err:#}"
+        );
+        assert!(contents(&mut card)[..HEAD as usize]
+            .iter()
+            .all(|b| *b == 0xee));
         wipe_head(&mut card, img.len() as u64).unwrap();
         assert!(contents(&mut card)[..HEAD as usize].iter().all(|b| *b == 0));
     }
@@ -360,6 +394,9 @@ mod tests {
         card.seek(SeekFrom::Start(2 << 20)).unwrap();
         card.write_all(b"bitrot").unwrap();
         let err = verify(&mut card, img.len() as u64, None, &w, &mut Quiet).unwrap_err();
-        assert!(err.to_string().contains("differs from what was written"), "{err}");
+        assert!(
+            err.to_string().contains("differs from what was written"),
+            "{err}"
+        );
     }
 }

@@ -322,7 +322,10 @@ mod tests {
         assert_eq!(map.block_size, BLOCK as u64);
         let spans: Vec<(u64, u64)> = map.ranges.iter().map(|(a, b, _)| (*a, *b)).collect();
         assert_eq!(spans, [(0, 9), (17, 17), (30, 40)]);
-        assert!(map.ranges.iter().all(|r| r.2.as_ref().is_some_and(|s| s.len() == 64)));
+        assert!(map
+            .ranges
+            .iter()
+            .all(|r| r.2.as_ref().is_some_and(|s| s.len() == 64)));
         // The last block is partial: 10 + 1 + 10 blocks and 100 bytes.
         assert_eq!(map.mapped_bytes(), 21 * BLOCK as u64 + 100);
         for (text, why) in [
