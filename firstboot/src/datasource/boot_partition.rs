@@ -14,6 +14,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::mount::{self, Mounter, SystemMounter, Volume};
+use super::pi_imager::{self, Customisation};
 use super::{fetch_err, under, Datasource, FetchError};
 use crate::init::sysfs::{self, BlockDev, CLASS_BLOCK};
 use crate::layout::ESP_PARTITION;
@@ -22,6 +23,9 @@ use crate::layout::ESP_PARTITION;
 pub const BOOT_LABELS: &[&str] = &["KILN-ESP", "KILN-BOOT"];
 /// The file looked for (any case: FAT does not keep it).
 pub const NODE_FILE: &str = "node.yaml";
+/// Raspberry Pi Imager's customisation, in cloud-init's file names.
+pub const USER_DATA: &str = "user-data";
+pub const NETWORK_CONFIG: &str = "network-config";
 
 /// The node config on the boot partition.
 pub struct BootPartition {
@@ -51,6 +55,22 @@ impl Datasource for BootPartition {
     }
 
     fn fetch(&self, root: &Path) -> Result<Option<Vec<u8>>, FetchError> {
+        self.read(root, read_config)
+    }
+
+    fn customisation(&self, root: &Path) -> Result<Option<Customisation>, FetchError> {
+        self.read(root, read_pi_imager)
+    }
+}
+
+impl BootPartition {
+    /// `read(dir, dev)` on the mounted boot partition; `Ok(None)` when the
+    /// disk has none.
+    fn read<T>(
+        &self,
+        root: &Path,
+        read: impl FnOnce(&Path, &str) -> Result<Option<T>, FetchError>,
+    ) -> Result<Option<T>, FetchError> {
         let Some(part) = locate(root)? else {
             return Ok(None);
         };
@@ -62,9 +82,22 @@ impl Datasource for BootPartition {
             mount_name: "boot-partition",
         };
         mount::read_from(root, &vol, self.mounter.as_ref(), |dir| {
-            read_config(dir, &part.dev)
+            read(dir, &part.dev)
         })
     }
+}
+
+/// Pi Imager's `user-data` and `network-config` in `dir`, read and parsed.
+pub fn read_pi_imager(dir: &Path, dev: &str) -> Result<Option<Customisation>, FetchError> {
+    let what = |name: &str| format!("{name} on the boot partition {dev}");
+    let user_data = mount::read_named(dir, &[USER_DATA], &what(USER_DATA))?;
+    let network = mount::read_named(dir, &[NETWORK_CONFIG], &what(NETWORK_CONFIG))?;
+    pi_imager::parse(user_data.as_deref(), network.as_deref()).map_err(|e| {
+        fetch_err(
+            format!("Raspberry Pi Imager's settings on {dev}"),
+            io::Error::other(format!("{e}; fix or delete the file")),
+        )
+    })
 }
 
 /// The boot partition: by GPT name, else by FAT label. `Ok(None)` when the

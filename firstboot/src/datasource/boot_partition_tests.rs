@@ -158,3 +158,33 @@ fn oversized_file_is_refused() {
     let err = read_config(t.path(), "/dev/vda1").unwrap_err();
     assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
 }
+
+#[test]
+fn pi_imager_files_next_to_config_txt() {
+    let f = FakeRoot::new("bp-pi-imager");
+    f.partition("mmcblk0p1", None, &fat_sector("KILN-BOOT", true), "179:1");
+    let source = f.source(false);
+    assert_eq!(source.customisation(f.root()).unwrap(), None, "no files");
+    fs::write(
+        f.path("/content/user-data"),
+        "#cloud-config\nhostname: kiln-pi-3\n",
+    )
+    .unwrap();
+    fs::write(
+        f.path("/content/network-config"),
+        "network: {version: 2, wifis: {wlan0: {access-points: {lab: {password: x}}}}}\n",
+    )
+    .unwrap();
+    let c = source.customisation(f.root()).unwrap().unwrap();
+    assert_eq!(c.hostname.as_deref(), Some("kiln-pi-3"));
+    assert_eq!(c.wifi_ssids, ["lab"]);
+    // Pi Imager's files alone are no node config.
+    assert_eq!(source.fetch(f.root()).unwrap(), None);
+    fs::write(f.path("/content/user-data"), "users: {pi: 1}\n").unwrap();
+    let err = source.customisation(f.root()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "reading Raspberry Pi Imager's settings on /dev/mmcblk0p1: user-data users is not a \
+         list; fix or delete the file"
+    );
+}

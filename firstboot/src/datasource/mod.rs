@@ -24,6 +24,7 @@ pub mod boot_partition;
 mod cmdline;
 mod fw_cfg;
 pub mod mount;
+pub mod pi_imager;
 pub mod vmware;
 
 use std::fmt;
@@ -49,6 +50,13 @@ pub trait Datasource {
     /// source with several places to look overrides it to say which one
     /// held the config, and may print a `kiln: ` line to `out` about one it
     /// passed over (a VMware OVF environment with nothing filled in).
+    /// Host settings made per medium that go over whichever config won:
+    /// Raspberry Pi Imager's on the boot partition. `Ok(None)` by default.
+    fn customisation(&self, root: &Path) -> Result<Option<pi_imager::Customisation>, FetchError> {
+        let _ = root;
+        Ok(None)
+    }
+
     fn find(&self, root: &Path, out: &mut dyn Write) -> Result<Option<Found>, FetchError> {
         let _ = out;
         Ok(self.fetch(root)?.map(|bytes| Found {
@@ -119,6 +127,19 @@ pub fn find(
     for source in sources {
         if let Some(found) = source.find(root, out)? {
             return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The first per-medium customisation `sources` hold (Pi Imager's).
+pub fn customisation(
+    sources: &[Box<dyn Datasource>],
+    root: &Path,
+) -> Result<Option<pi_imager::Customisation>, FetchError> {
+    for source in sources {
+        if let Some(c) = source.customisation(root)? {
+            return Ok(Some(c));
         }
     }
     Ok(None)

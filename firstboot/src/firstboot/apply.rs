@@ -38,7 +38,11 @@ pub fn apply(
     };
     let doc = config::parse_bytes(&bytes, &source)?;
     let selected = select(opts, &doc, out)?;
-    let config = selected.config;
+    let (config, customised) = if first_boot {
+        customise(opts, sources, &source, selected.config, out)?
+    } else {
+        (selected.config, false)
+    };
     // Everything that can fail without writing, first.
     token_file_check(opts, &config)?;
     let planned = files::plan(&config);
@@ -65,10 +69,15 @@ pub fn apply(
     if first_boot {
         // The saved copy first, the marker last: a power cut in between
         // just runs the first boot again.
-        let saved = match &selected.matched {
-            Match::Single => bytes,
-            Match::Entry { key, .. } => saved_yaml(&config, &format!("entry `{key}` of {source}")),
-            Match::NoEntry => saved_yaml(&config, &format!("the common part of {source}")),
+        let what = match &selected.matched {
+            Match::Single => source.clone(),
+            Match::Entry { key, .. } => format!("entry `{key}` of {source}"),
+            Match::NoEntry => format!("the common part of {source}"),
+        };
+        let saved = match (&selected.matched, customised) {
+            (Match::Single, false) => bytes,
+            (_, false) => saved_yaml(&config, &what),
+            (_, true) => saved_yaml(&config, &format!("{what}, with Pi Imager's settings")),
         };
         let path = opts.path(PERSISTED_NODE_CONFIG);
         write_atomic(&path, &saved, 0o600).map_err(io_context(format!(
@@ -84,6 +93,28 @@ pub fn apply(
     }
     super::vitals::say_memory(opts, out);
     Ok(config)
+}
+
+/// `config` with the settings made for this medium (Pi Imager's, on a
+/// Pi's boot partition) over it, checked again as a whole: a bad hostname
+/// from Pi Imager stops the node as one in node.yaml would.
+fn customise(
+    opts: &Options,
+    sources: &[Box<dyn Datasource>],
+    source: &str,
+    mut config: NodeConfig,
+    out: &mut dyn Write,
+) -> Result<(NodeConfig, bool), Error> {
+    let Some(custom) = datasource::customisation(sources, &opts.root)? else {
+        return Ok((config, false));
+    };
+    for line in custom.describe() {
+        say(out, line);
+    }
+    custom.apply_to(&mut config);
+    let merged = format!("{source} with Pi Imager's settings");
+    let doc = config::parse(&config.to_yaml(), &merged)?;
+    Ok((config::select_node(&doc, &Default::default())?.config, true))
 }
 
 /// This node's config; in rack mode, by its MACs or serial (waiting up to

@@ -27,6 +27,8 @@ mod tests;
 #[cfg(test)]
 mod tests_files;
 #[cfg(test)]
+mod tests_pi_imager;
+#[cfg(test)]
 mod tests_secrets;
 
 use std::io::{self, Write};
