@@ -50,19 +50,19 @@ pub trait Datasource {
     /// source with several places to look overrides it to say which one
     /// held the config, and may print a `kiln: ` line to `out` about one it
     /// passed over (a VMware OVF environment with nothing filled in).
-    /// Host settings made per medium that go over whichever config won:
-    /// Raspberry Pi Imager's on the boot partition. `Ok(None)` by default.
-    fn customisation(&self, root: &Path) -> Result<Option<pi_imager::Customisation>, FetchError> {
-        let _ = root;
-        Ok(None)
-    }
-
     fn find(&self, root: &Path, out: &mut dyn Write) -> Result<Option<Found>, FetchError> {
         let _ = out;
         Ok(self.fetch(root)?.map(|bytes| Found {
             source: self.name().to_owned(),
             bytes,
         }))
+    }
+
+    /// Host settings made per medium that go over whichever config won:
+    /// Raspberry Pi Imager's on the boot partition. `Ok(None)` by default.
+    fn customisation(&self, root: &Path) -> Result<Option<pi_imager::Customisation>, FetchError> {
+        let _ = root;
+        Ok(None)
     }
 }
 
