@@ -201,6 +201,32 @@ fn assert_pi_card(board_name: &str) {
     };
     let sum = std::fs::read_to_string(with(".sha256")).unwrap();
     assert_eq!(sum, format!("{}  kiln-selftest.img\n", built.sha256));
+    // Pi Imager's repository: the raw image is the download (no .xz asked
+    // for), found through a file:// URL of the out dir.
+    let entry = imager_entry(&image.with_file_name("kiln-selftest.rpi-imager.json"));
+    assert_eq!(entry["extract_size"], len);
+    assert_eq!(entry["extract_sha256"], built.sha256.as_str());
+    assert_eq!(entry["image_download_size"], len);
+    assert_eq!(entry["image_download_sha256"], built.sha256.as_str());
+    assert_eq!(
+        entry["url"],
+        format!("file://{}", image.display()).as_str(),
+        "{board_name}: url"
+    );
+    assert_eq!(entry["init_format"], "cloudinit");
+    assert_eq!(entry["release_date"], "2024-01-01");
+    let devices: Vec<&str> = entry["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(devices, raspi.imager_devices, "{board_name}: devices");
+    assert!(
+        entry["name"].as_str().unwrap().contains("TEST DOUBLE"),
+        "an image with the k3s double must say so in Pi Imager: {}",
+        entry["name"]
+    );
     let copy = dir.join("bmaptool-copy.img");
     let out = Command::new("bmaptool")
         .arg("copy")
@@ -272,8 +298,15 @@ fn rpi4_card_layout_firmware_and_root() {
     assert_pi_card("rpi4");
 }
 
-/// `--format xz --format zst`: both files decompress to the image the
-/// shared build made (same spec, same bytes), written with every core.
+/// The one `os_list` entry of a Pi Imager repository file.
+fn imager_entry(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut repo: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = repo["os_list"].as_array_mut().unwrap();
+    assert_eq!(list.len(), 1, "{text}");
+    list.remove(0)
+}
+
 /// The rpi3 self-test image written as `.img.xz` and `.img.zst` (built once
 /// per run; `tests/flash.rs` flashes them too).
 pub(crate) fn compressed_rpi3() -> &'static Path {
@@ -285,7 +318,17 @@ pub(crate) fn compressed_rpi3() -> &'static Path {
                 .arg("build")
                 .arg(crate::util::fixture("selftest/spec.yaml"))
                 .args([
-                    "--board", "rpi3", "--format", "xz", "--format", "zst", "--out",
+                    "--board",
+                    "rpi3",
+                    "--format",
+                    "xz",
+                    "--format",
+                    "zst",
+                    "--format",
+                    "pi-imager",
+                    "--imager-url",
+                    "https://images.example.invalid/kiln/",
+                    "--out",
                 ])
                 .arg(&out),
         )
@@ -294,6 +337,8 @@ pub(crate) fn compressed_rpi3() -> &'static Path {
     })
 }
 
+/// `--format xz --format zst`: both files decompress to the image the
+/// shared build made (same spec, same bytes), written with every core.
 #[test]
 fn rpi3_compressed_images_decompress_to_the_raw_image() {
     let built = selftest_image("rpi3");
@@ -319,4 +364,46 @@ fn rpi3_compressed_images_decompress_to_the_raw_image() {
         !out.join("kiln-selftest.img.bmap").exists(),
         "--format replaces the board's outputs"
     );
+    // With an .xz written, Pi Imager downloads it from where --imager-url
+    // says it will be, and checks what it unpacks against the raw image.
+    let xz = out.join("kiln-selftest.img.xz");
+    let entry = imager_entry(&out.join("kiln-selftest.rpi-imager.json"));
+    assert_eq!(
+        entry["url"],
+        "https://images.example.invalid/kiln/kiln-selftest.img.xz"
+    );
+    assert_eq!(
+        entry["image_download_size"],
+        std::fs::metadata(&xz).unwrap().len()
+    );
+    assert_eq!(
+        entry["image_download_sha256"],
+        kiln::packages::sha256_file(&xz).unwrap().as_str()
+    );
+    assert_eq!(entry["extract_sha256"], built.sha256.as_str());
+}
+
+/// A Pi Imager repository is for Pi boards only, said before anything is
+/// built.
+#[test]
+fn pi_imager_json_is_refused_for_a_board_that_is_not_a_pi() {
+    let dir = scratch("pi-imager-not-a-pi");
+    crate::util::run(
+        crate::util::kiln()
+            .args([
+                "build",
+                "--board",
+                "qemu-x86_64",
+                "--format",
+                "pi-imager",
+                "--out",
+            ])
+            .arg(dir.join("out")),
+    )
+    .failure(
+        1,
+        "board qemu-x86_64 is not a Raspberry Pi: --format pi-imager (a Raspberry Pi \
+         Imager repository JSON) is for the rpi2, rpi3 and rpi4 boards",
+    );
+    assert!(!dir.join("out").exists(), "output left behind");
 }

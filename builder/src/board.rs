@@ -69,6 +69,10 @@ pub struct RaspiBoard {
     /// after kiln's own `[all]` lines.
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, Vec<String>>,
+    /// Raspberry Pi Imager's device tags for the boards this image boots
+    /// (`pi4-64bit`, `pi3-64bit`, `pi2-32bit`, ...), for its repository JSON.
+    #[serde(default, rename = "imager-devices")]
+    pub imager_devices: Vec<String>,
 }
 
 fn main_only() -> Vec<String> {

@@ -277,7 +277,7 @@ pub fn build(plan: &BuildPlan) -> Result<BuildReport> {
         })?),
         None => None,
     };
-    let outputs = write_outputs(plan, &image, &sha256, &mut stages)?;
+    let outputs = write_outputs(plan, &image, &sha256, &k3s.label, &mut stages)?;
     let meta = std::fs::metadata(&image)?;
     Ok(BuildReport {
         image_bytes: meta.len(),
@@ -366,6 +366,7 @@ fn write_outputs(
     plan: &BuildPlan,
     image: &std::path::Path,
     sha256: &str,
+    k3s_label: &str,
     stages: &mut Stages,
 ) -> Result<Vec<OutputReport>> {
     let mut done = Vec::new();
@@ -443,9 +444,79 @@ fn write_outputs(
                     file: set.vmdk.file,
                 });
             }
+            Format::PiImager => {
+                let entry = imager_entry(plan, image, sha256, k3s_label, &done)?;
+                let file = crate::output::pi_imager::write(
+                    &entry,
+                    &beside_name(image, ".rpi-imager.json"),
+                )?;
+                done.push(OutputReport {
+                    kind: "rpi-imager.json",
+                    file,
+                    disk: None,
+                });
+            }
         }
     }
     Ok(done)
+}
+
+/// `out/kiln.v2.img` → `out/kiln.v2.rpi-imager.json`.
+fn beside_name(image: &std::path::Path, ext: &str) -> std::path::PathBuf {
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    image.with_file_name(format!("{}{ext}", name.trim_end_matches(".img")))
+}
+
+/// The Pi Imager entry for the image: the `.img.xz` written before it is
+/// the download, else the raw image.
+fn imager_entry(
+    plan: &BuildPlan,
+    image: &std::path::Path,
+    sha256: &str,
+    k3s_label: &str,
+    done: &[OutputReport],
+) -> Result<crate::output::pi_imager::Entry> {
+    let raspi = plan
+        .board
+        .raspi
+        .as_ref()
+        .context("--format pi-imager is for Raspberry Pi boards (rpi2, rpi3, rpi4)")?;
+    let extract_size = std::fs::metadata(image)?.len();
+    let (download, download_size, download_sha256) = match done.iter().find(|o| o.kind == "xz") {
+        Some(o) => (o.file.path.clone(), o.file.bytes, hex(&o.file.sha256)),
+        None => (image.to_path_buf(), extract_size, sha256.to_string()),
+    };
+    let file_name = download
+        .file_name()
+        .context("the image path names no file")?
+        .to_string_lossy()
+        .into_owned();
+    let base = match &plan.imager_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("file://{}", std::path::absolute(&plan.out_dir)?.display()),
+    };
+    let double = k3s_label.contains("TEST DOUBLE");
+    Ok(crate::output::pi_imager::Entry {
+        name: format!(
+            "{} ({}){}",
+            plan.name,
+            plan.board.name,
+            if double {
+                " - k3s TEST DOUBLE, not k3s"
+            } else {
+                ""
+            }
+        ),
+        description: format!("kiln k3s node: {}; k3s {k3s_label}", plan.board.description),
+        url: format!("{base}/{file_name}"),
+        release_date: crate::output::pi_imager::date(plan.epoch),
+        extract_size,
+        extract_sha256: sha256.to_string(),
+        image_download_size: download_size,
+        image_download_sha256: download_sha256,
+        init_format: "cloudinit",
+        devices: raspi.imager_devices.clone(),
+    })
 }
 
 /// The partition table the board asks for, its identity derived from the

@@ -56,6 +56,9 @@ pub struct BuildPlan {
     pub cache_dir: PathBuf,
     /// The kernel the spec supplies; none: the board's kernel package.
     pub kernel: Option<KernelPlan>,
+    /// Where the image will be published, for the Pi Imager JSON (a URL
+    /// the file name is appended to); none: a `file://` URL of `out_dir`.
+    pub imager_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +88,8 @@ pub struct BuildArgs {
     /// `--format`: replaces the board's `outputs:` when given.
     pub formats: Vec<Format>,
     pub no_stage_cache: bool,
+    /// `--imager-url`: where the Pi Imager JSON says the image is.
+    pub imager_url: Option<String>,
 }
 
 impl BuildPlan {
@@ -253,6 +258,13 @@ impl BuildPlan {
         outputs.retain(|f| *f != Format::Img);
         outputs.sort();
         outputs.dedup();
+        if outputs.contains(&Format::PiImager) && board.raspi.is_none() {
+            bail!(
+                "board {} is not a Raspberry Pi: --format pi-imager (a Raspberry Pi Imager \
+                 repository JSON) is for the rpi2, rpi3 and rpi4 boards",
+                board.name
+            );
+        }
 
         let mut plan = BuildPlan {
             name: spec.name.clone().unwrap_or_else(|| board.name.clone()),
@@ -273,6 +285,7 @@ impl BuildPlan {
             outputs,
             ova: None,
             kernel,
+            imager_url: args.imager_url.clone(),
         };
         let spec_file = args.spec.as_deref().unwrap_or(Path::new("spec"));
         plan.ova = plan_ova(&plan, spec.ova.as_ref(), &spec_text, spec_file)?;

@@ -168,6 +168,7 @@ mod tests {
             dtbs: vec!["bcm2837-rpi-3-b.dtb".into()],
             overlays: vec![],
             config: BTreeMap::from([("pi3".to_string(), vec!["# pi 3".to_string()])]),
+            imager_devices: vec![],
         }
     }
 

@@ -32,10 +32,16 @@ pub struct BuildCmd {
     #[arg(long)]
     pub installer: bool,
     /// What to write besides the raw image (repeatable): `ova` (vSphere),
-    /// `ovf` (the same unpacked: .ovf, .mf, .vmdk), `img` (the raw image
-    /// only). Default: the board's `outputs:`.
+    /// `ovf` (the same unpacked: .ovf, .mf, .vmdk), `xz`, `zst`, `bmap`,
+    /// `sha256`, `pi-imager` (a Raspberry Pi Imager repository JSON), `img`
+    /// (the raw image only). Default: the board's `outputs:`.
     #[arg(long = "format", value_enum)]
     pub formats: Vec<Format>,
+    /// Where you will publish the image, for the Raspberry Pi Imager
+    /// repository JSON (`--format pi-imager`, on by default for Pi boards):
+    /// the JSON names URL/<file>. Default: a file:// URL of OUT.
+    #[arg(long, value_name = "URL")]
+    pub imager_url: Option<String>,
     /// Rebuild every stage instead of reusing outputs of earlier builds
     /// whose inputs are unchanged (kept in the cache dir's `stages/`).
     #[arg(long)]
@@ -52,6 +58,7 @@ impl BuildCmd {
             installer: self.installer,
             formats: self.formats,
             no_stage_cache: self.no_cache,
+            imager_url: self.imager_url,
         })?;
         let report = build(&plan)?;
         eprint!("{}", summary(&report));

@@ -39,6 +39,7 @@ pub mod bmap;
 pub mod compress;
 pub mod ova;
 pub mod ovf;
+pub mod pi_imager;
 pub mod vmdk;
 
 /// What `kiln build` writes besides the raw image (`<name>.img`, always
@@ -64,6 +65,12 @@ pub enum Format {
     Xz,
     /// `<name>.img.zst`: zstd level 19, multi-threaded.
     Zst,
+    /// `<name>.rpi-imager.json`: a Raspberry Pi Imager repository with
+    /// this image (the `.img.xz` when written). Last: it describes the
+    /// files written before it.
+    #[serde(rename = "pi-imager")]
+    #[value(name = "pi-imager")]
+    PiImager,
 }
 
 /// Fills `buf` from `r` as far as the input goes; returns how much it read
