@@ -333,14 +333,9 @@ impl TimeProvider for FixedTime {
     }
 }
 
-/// Seconds since the Unix epoch as a FAT date and time (UTC), clamped to
-/// what FAT can store (1980-01-01 to 2107-12-31).
-fn dos_time(epoch: u64) -> DateTime {
-    const MIN: u64 = 315_532_800; // 1980-01-01T00:00:00Z
-    const MAX: u64 = 4_354_819_199; // 2107-12-31T23:59:59Z
-    let t = epoch.clamp(MIN, MAX);
-    let (days, secs) = (t / 86_400, t % 86_400);
-    // Howard Hinnant's civil_from_days.
+/// Days since 1970-01-01 as (year, month, day), UTC (Howard Hinnant's
+/// civil_from_days).
+pub(crate) fn civil_from_days(days: u64) -> (i64, i64, i64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -349,7 +344,17 @@ fn dos_time(epoch: u64) -> DateTime {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Seconds since the Unix epoch as a FAT date and time (UTC), clamped to
+/// what FAT can store (1980-01-01 to 2107-12-31).
+fn dos_time(epoch: u64) -> DateTime {
+    const MIN: u64 = 315_532_800; // 1980-01-01T00:00:00Z
+    const MAX: u64 = 4_354_819_199; // 2107-12-31T23:59:59Z
+    let t = epoch.clamp(MIN, MAX);
+    let (days, secs) = (t / 86_400, t % 86_400);
+    let (year, month, day) = civil_from_days(days);
     DateTime {
         date: Date {
             year: year as u16,

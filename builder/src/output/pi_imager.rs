@@ -54,16 +54,7 @@ pub fn write(entry: &Entry, out: &Path) -> Result<Written> {
 /// `YYYY-MM-DD` of a Unix time (the build's `SOURCE_DATE_EPOCH`, so the
 /// file is the same on every rebuild).
 pub fn date(epoch: u64) -> String {
-    // Days to civil date (Howard Hinnant's algorithm), for dates after 1970.
-    let z = (epoch / 86_400) as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::fs::fat::civil_from_days(epoch / 86_400);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
