@@ -141,6 +141,7 @@ fn nuc_installer_installs_onto_nvme_which_then_boots() {
         &Expected {
             source: "boot partition node.yaml",
             machine: "x86_64",
+            hostname: "kiln-test-1",
         },
     );
     assert!(facts(&console)["var-mount"].starts_with("/dev/nvme0n1p4 "));
@@ -460,6 +461,7 @@ fn jetson_nano_userland_boots_on_virt_with_the_same_kernel() {
         &Expected {
             source: "boot partition node.yaml",
             machine: "aarch64",
+            hostname: "kiln-test-1",
         },
     );
     eprintln!("jetson-nano on virt: {}", r.stderr.trim());

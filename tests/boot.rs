@@ -101,6 +101,7 @@ fn first_boot(board: &str) -> (PathBuf, String) {
             QemuNodeConfig::BootPartition => "boot partition node.yaml",
         },
         machine: machine(b.arch),
+        hostname: "kiln-test-1",
     };
     check_first_boot(&console, &expected);
     eprintln!("{board}: {}", r.stderr.trim());
@@ -113,6 +114,8 @@ pub(crate) struct Expected {
     pub source: &'static str,
     /// `uname -m` in the guest.
     pub machine: &'static str,
+    /// The hostname the node config (or Pi Imager's over it) sets.
+    pub hostname: &'static str,
 }
 
 fn machine(arch: Arch) -> &'static str {
@@ -163,7 +166,7 @@ pub(crate) fn check_first_boot(console: &str, expected: &Expected) {
         "/var filesystem not grown: {fs_bytes} bytes"
     );
     assert_eq!(
-        f["hostname"], "kiln-test-1",
+        f["hostname"], expected.hostname,
         "hostname from the node config given at boot"
     );
     for line in [
@@ -334,7 +337,9 @@ const RACK_AT_BOOT: &str = "role: agent\nserver: https://10.0.0.11:6443\n\
 /// cmdline.txt from the image's boot partition, a copy padded to
 /// [`DISK_BYTES`] as the SD card, the rack file as node.yaml on it, the
 /// node picked by its usb-net MAC. The shared image itself is not changed.
-fn pi_first_boot(board: &str) -> String {
+/// With `pi_imager`, Raspberry Pi Imager's `user-data` and `network-config`
+/// ([`PI_IMAGER_USER_DATA`]) are on the card too, and its hostname wins.
+fn pi_first_boot(board: &str, pi_imager: bool) -> String {
     let built = selftest_image(board);
     let dir = scratch(&format!("boot-{board}"));
     let node = dir.join("node.yaml");
@@ -342,6 +347,15 @@ fn pi_first_boot(board: &str) -> String {
     let grow = DISK_BYTES.to_string();
     let mut args = vec!["--grow", &grow];
     args.extend(BOOT_ARGS);
+    let user_data = dir.join("user-data");
+    let network_config = dir.join("network-config");
+    if pi_imager {
+        std::fs::write(&user_data, PI_IMAGER_USER_DATA).unwrap();
+        std::fs::write(&network_config, PI_IMAGER_NETWORK_CONFIG).unwrap();
+        for file in [&user_data, &network_config] {
+            args.extend(["--boot-file", file.to_str().unwrap()]);
+        }
+    }
     let (r, console) = boot(&built.image, Some(&node), &args);
     assert_eq!(
         r.code,
@@ -355,6 +369,11 @@ fn pi_first_boot(board: &str) -> String {
         &Expected {
             source: "boot partition node.yaml",
             machine: machine(b.arch),
+            hostname: if pi_imager {
+                "kiln-pi-7"
+            } else {
+                "kiln-test-1"
+            },
         },
     );
     assert!(
@@ -382,14 +401,65 @@ fn pi_first_boot(board: &str) -> String {
 /// serial port.
 #[test]
 fn rpi3_first_boot_on_raspi3b() {
-    let console = pi_first_boot("rpi3");
+    let console = pi_first_boot("rpi3", true);
     assert!(console.contains("-serial null -serial stdio"));
+    // Pi Imager's settings over the rack entry: named, the hostname taken
+    // (checked above), the timezone asked for (the image has no tzdata),
+    // the Wi-Fi network named as not set up, its password never printed.
+    for line in [
+        "kiln: Pi Imager settings: hostname kiln-pi-7, 1 ssh key for root, timezone Europe/Berlin",
+        "kiln: warning: timezone Europe/Berlin: /usr/share/zoneinfo/Europe/Berlin is not in the image",
+        "kiln: Pi Imager Wi-Fi network \"kiln-rack-wifi\" not set up",
+        "kiln: Pi Imager user-data: ignored (not used on kiln): manage_etc_hosts, keyboard, \
+         users[0].passwd",
+    ] {
+        assert!(console.contains(line), "no `{line}` on the console");
+    }
+    assert!(
+        !console.contains(PI_IMAGER_WIFI_PASSWORD),
+        "the Wi-Fi password is on the console"
+    );
+    let f = facts(&console);
+    assert_eq!(
+        f["authorized-key-comments"], "test@kiln pi@imager",
+        "Pi Imager's key added to the rack file's"
+    );
 }
+
+/// Pi Imager's cloud-init files, shaped as it writes them.
+const PI_IMAGER_USER_DATA: &str = "#cloud-config
+hostname: kiln-pi-7
+manage_etc_hosts: true
+timezone: Europe/Berlin
+keyboard:
+  model: pc105
+  layout: \"de\"
+users:
+- name: pi
+  groups: users,adm,dialout,audio,netdev,video,plugdev,cdrom,games,input,gpio,spi,i2c,render,sudo
+  shell: /bin/bash
+  lock_passwd: true
+  passwd: $5$pi$imager
+  ssh_authorized_keys:
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC7DBI25XbrqVf+J6lWLsUjdKKqBy2BfbDwsnEOfxDqE pi@imager
+";
+const PI_IMAGER_WIFI_PASSWORD: &str = "wifi-secret-7f3a9c";
+const PI_IMAGER_NETWORK_CONFIG: &str = "network:
+  version: 2
+  wifis:
+    renderer: networkd
+    wlan0:
+      dhcp4: true
+      optional: true
+      access-points:
+        \"kiln-rack-wifi\":
+          password: \"wifi-secret-7f3a9c\"
+";
 
 /// rpi2 (armhf) on `raspi2b`: console on the PL011, the first serial port.
 #[test]
 fn rpi2_first_boot_on_raspi2b() {
-    pi_first_boot("rpi2");
+    pi_first_boot("rpi2", false);
 }
 
 #[test]

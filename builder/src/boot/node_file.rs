@@ -49,6 +49,12 @@ pub fn read(image: &Path, paths: &[&str]) -> Result<Vec<Vec<u8>>> {
 /// image's ESP (GPT name), a Pi card's partition 1 (MBR), or an installer
 /// stick's partition (the installer copies it onto the disk it installs).
 pub fn put(image: &Path, config: &[u8]) -> Result<()> {
+    put_files(image, &[(NODE_FILE, config)])
+}
+
+/// Writes (or replaces) `files` (name, bytes) in the root of the image's
+/// boot partition, as [`put`] writes `node.yaml`.
+pub fn put_files(image: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -59,11 +65,12 @@ pub fn put(image: &Path, config: &[u8]) -> Result<()> {
     {
         let fs = fatfs::FileSystem::new(&mut volume, fatfs::FsOptions::new())
             .context("reading the boot partition (FAT)")?;
-        let mut node = fs.root_dir().create_file(NODE_FILE)?;
-        node.truncate()?;
-        node.write_all(config)
-            .with_context(|| format!("writing {NODE_FILE} on the boot partition"))?;
-        drop(node);
+        for (name, bytes) in files {
+            let mut f = fs.root_dir().create_file(name)?;
+            f.truncate()?;
+            f.write_all(bytes)
+                .with_context(|| format!("writing {name} on the boot partition"))?;
+        }
         fs.unmount()?;
     }
     let after = volume.into_inner();

@@ -38,6 +38,11 @@ pub struct BootCmd {
     /// driver (the board file says which).
     #[arg(long)]
     pub node: Option<PathBuf>,
+    /// Also put FILE on a Raspberry Pi card's boot partition under its own
+    /// name (repeatable), as a user would: e.g. Raspberry Pi Imager's
+    /// `user-data` and `network-config`. Pi boards only.
+    #[arg(long = "boot-file", value_name = "FILE")]
+    pub boot_files: Vec<PathBuf>,
     /// MAC address of the guest's NIC (default: QEMU's 52:54:00:12:34:56).
     /// Rack mode picks a node's entry by it.
     #[arg(long)]
@@ -155,6 +160,20 @@ impl BootCmd {
         // node config and the guest's first boot change the copy, never
         // the user's image.
         let pi_card = matches!(q.firmware, QemuFirmware::BootPartition { .. });
+        if !self.boot_files.is_empty() && !pi_card {
+            bail!("--boot-file is for Raspberry Pi boards; board {board_name} is not one");
+        }
+        let mut boot_files = Vec::new();
+        for path in &self.boot_files {
+            let name = path
+                .file_name()
+                .with_context(|| format!("--boot-file {} names no file", path.display()))?
+                .to_string_lossy()
+                .into_owned();
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            boot_files.push((name, bytes));
+        }
         if let Some(size) = self.grow.filter(|_| !pi_card) {
             let file = std::fs::OpenOptions::new().write(true).open(&self.image)?;
             if file.metadata()?.len() < size {
@@ -230,6 +249,10 @@ impl BootCmd {
                     scratch.path(),
                     self.grow,
                     node.as_deref(),
+                    &boot_files
+                        .iter()
+                        .map(|(n, b)| (n.as_str(), b.as_slice()))
+                        .collect::<Vec<_>>(),
                     dtb,
                     append,
                 )?;

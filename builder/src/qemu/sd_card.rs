@@ -27,12 +27,14 @@ pub fn card_bytes(image_bytes: u64, want: Option<u64>) -> u64 {
 }
 
 /// Copies `image` into `dir` as a card of [`card_bytes`], puts `node`
-/// (already validated) on its boot partition, and takes the boot files out.
+/// (already validated) and `files` (name, bytes) on its boot partition,
+/// and takes the boot files out.
 pub fn prepare(
     image: &Path,
     dir: &Path,
     want: Option<u64>,
     node: Option<&[u8]>,
+    files: &[(&str, &[u8])],
     dtb: &str,
     append: &str,
 ) -> Result<Card> {
@@ -43,6 +45,9 @@ pub fn prepare(
     sparse_copy(image, &card, card_bytes(len, want))?;
     if let Some(node) = node {
         node_file::put(&card, node).context("putting node.yaml on the card's boot partition")?;
+    }
+    if !files.is_empty() {
+        node_file::put_files(&card, files).context("putting files on the card's boot partition")?;
     }
     let [config, cmdline] =
         <[Vec<u8>; 2]>::try_from(node_file::read(&card, &["config.txt", "cmdline.txt"])?)
