@@ -507,7 +507,15 @@ fn imager_entry(
                 ""
             }
         ),
-        description: format!("kiln k3s node: {}; k3s {k3s_label}", plan.board.description),
+        description: format!(
+            "kiln k3s node: {}; {}",
+            plan.board.description,
+            if double {
+                k3s_label.to_string()
+            } else {
+                format!("k3s {k3s_label}")
+            }
+        ),
         url: format!("{base}/{file_name}"),
         release_date: crate::output::pi_imager::date(plan.epoch),
         extract_size,
