@@ -10,7 +10,9 @@ use kiln::board::{Arch, Board, QemuNodeConfig};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{copy_image, fixture, kiln, qemu_lock, run, scratch, selftest_image, Run};
+use crate::util::{
+    copy_image, fixture, kiln, kiln_vm, qemu_lock, run, scratch, selftest_image, Run,
+};
 
 /// Disk size the tests "flash" the image to: bigger than the image, so the
 /// data partition has room to grow.
@@ -39,7 +41,7 @@ pub(crate) const BOOT_ARGS: [&str; 7] = [
 pub(crate) fn boot(image: &Path, node: Option<&Path>, extra: &[&str]) -> (Run, String) {
     let _one_vm_at_a_time = qemu_lock();
     let log = image.with_extension("boot.log");
-    let mut cmd = kiln();
+    let mut cmd = kiln_vm();
     cmd.arg("boot")
         .arg(image)
         .arg("--no-echo")

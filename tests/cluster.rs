@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 
 use crate::boot::facts;
-use crate::util::{copy_image, kiln, qemu_lock, scratch, selftest_image, Run};
+use crate::util::{copy_image, kiln_vm, qemu_lock, scratch, selftest_image, Run};
 
 /// The rack's token (a short token: the agents cannot know the CA hash of a
 /// cluster that does not exist yet; k3s accepts that too).
@@ -88,7 +88,7 @@ fn start(vm: &Vm, dir: &Path) -> (Child, PathBuf) {
     std::fs::create_dir_all(&vm_dir).unwrap();
     let image = copy_image(&selftest_image("qemu-x86_64").image, &vm_dir);
     let log = vm_dir.join("console.log");
-    let mut cmd = kiln();
+    let mut cmd = kiln_vm();
     cmd.arg("boot")
         .arg(&image)
         .arg("--no-echo")

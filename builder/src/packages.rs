@@ -341,26 +341,34 @@ impl Apt {
             .collect())
     }
 
+    /// Downloads what is not cached yet. A failed run is retried once, as
+    /// `update` is: apt's own retries do not cover a download it loses
+    /// between its partial and its archive directory ("rename failed"),
+    /// seen on a fresh cache; the second run fetches only what is missing.
     fn download(&self, wanted: &[String]) -> Result<()> {
-        let dl = self
-            .apt_get()
-            .args([
-                "install",
-                "--download-only",
-                "--no-install-recommends",
-                "-y",
-                "-q",
-            ])
-            .args(wanted)
-            .output()
-            .context("running apt-get install --download-only")?;
-        if !dl.status.success() {
-            bail!(
-                "downloading packages failed: {}",
-                String::from_utf8_lossy(&dl.stderr).trim()
-            );
+        let mut stderr = String::new();
+        for attempt in 0..2 {
+            let dl = self
+                .apt_get()
+                .args([
+                    "install",
+                    "--download-only",
+                    "--no-install-recommends",
+                    "-y",
+                    "-q",
+                ])
+                .args(wanted)
+                .output()
+                .context("running apt-get install --download-only")?;
+            if dl.status.success() {
+                return Ok(());
+            }
+            stderr = String::from_utf8_lossy(&dl.stderr).trim().to_string();
+            if attempt == 0 {
+                log::warn!("downloading packages failed; retrying once: {stderr}");
+            }
         }
-        Ok(())
+        bail!("downloading packages failed: {stderr}")
     }
 
     /// Resolves `wanted` with its dependency closure (no recommends) and

@@ -26,8 +26,8 @@ use crate::qemu::{self, BootOutcome, BootRequest, Firmware, QemuConfig};
 /// Boot copies of an image, never one file twice at once. There is no
 /// DHCP server on a private network: give each node a static address.
 ///
-/// Exit codes: 0 ready, 1 boot failed (kernel panic, kiln error, firmware
-/// shell), 2 timed out, 3 could not start.
+/// Exit codes: 0 ready, 1 boot failed (kernel panic or oops, kiln error,
+/// firmware shell), 2 timed out, 3 could not start.
 #[derive(Debug, clap::Args)]
 pub struct BootCmd {
     /// Raw disk image made by `kiln build`. It is booted in place: the
@@ -332,8 +332,19 @@ impl BootCmd {
 const INSTALL_DONE: &str = "kiln-init: install: done";
 
 /// Console text that means the boot cannot succeed: stop at once rather
-/// than wait for the timeout (the firmware adds its own prompt).
-const FAIL_ON: &[&str] = &["kiln-init: ERROR", "kiln: ERROR", "Kernel panic"];
+/// than wait for the timeout (the firmware adds its own prompt). A kernel
+/// oops counts: the task it killed may hold a lock the boot needs (an SD
+/// driver's oops hung a Pi boot for the whole timeout), and an image that
+/// oopses is not healthy even when it limps on to ready. ARM kernels say
+/// `Internal error: Oops`, x86 ones `BUG: ...` before their `Oops:`.
+const FAIL_ON: &[&str] = &[
+    "kiln-init: ERROR",
+    "kiln: ERROR",
+    "Kernel panic",
+    "Internal error: Oops",
+    "BUG: kernel NULL pointer dereference",
+    "BUG: unable to handle page fault",
+];
 
 /// `4G`, `512M`, `1024` (bytes).
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -346,4 +357,44 @@ fn parse_size(s: &str) -> Result<u64, String> {
     num.parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("`{s}` is not a size like 4G or 512M"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FAIL_ON;
+    use crate::qemu::console::{Console, Event};
+
+    fn first_failure(transcript: &str) -> Option<Event> {
+        let fail_on: Vec<String> = FAIL_ON.iter().map(|s| s.to_string()).collect();
+        Console::new(&["kiln: node ready".to_string()], &fail_on).feed(
+            transcript.as_bytes(),
+            1.0,
+            |_| {},
+        )
+    }
+
+    /// Oopses as ARM and x86 kernels print them stop the boot at once;
+    /// the ARM one is the SD driver's oops that once hung a Pi boot.
+    #[test]
+    fn a_kernel_oops_fails_the_boot() {
+        for (line, pattern) in [
+            (
+                "[  104.8] Internal error: Oops: 17 [#1] SMP ARM\r\n",
+                "Internal error: Oops",
+            ),
+            (
+                "[    9.1] BUG: kernel NULL pointer dereference, address: 0000000000000008\r\n",
+                "BUG: kernel NULL pointer dereference",
+            ),
+        ] {
+            assert!(
+                matches!(first_failure(line), Some(Event::Failed { pattern: p, .. }) if p == pattern),
+                "{line:?} did not fail the boot"
+            );
+        }
+        assert_eq!(
+            first_failure("[    1.0] mmc0: new high speed SDHC card at address 4567\r\n"),
+            None
+        );
+    }
 }
