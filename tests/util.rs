@@ -27,9 +27,20 @@ pub fn scratch(name: &str) -> PathBuf {
 /// builds run beside a boot in the suite, and a starved TCG guest misses
 /// its own drivers' timeouts (raspi2b's SD driver oopsed that way).
 pub fn kiln() -> Command {
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", env!("CARGO_BIN_EXE_kiln")]);
-    with_data_dir(cmd)
+    use std::os::unix::process::CommandExt;
+    let mut cmd = kiln_vm();
+    // SAFETY: setpriority is a plain syscall, safe between fork and exec.
+    // Not `nice kiln`: tests run kiln with an empty PATH.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 10) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
 }
 
 /// `kiln` at normal priority, for `kiln boot`: the guest gets the CPU
