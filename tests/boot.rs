@@ -464,6 +464,26 @@ fn rpi2_first_boot_on_raspi2b() {
     pi_first_boot("rpi2", false);
 }
 
+/// rpi4 (arm64) on `raspi4b`, with the board's device-tree edits for what
+/// that machine lacks (HDMI, the Wi-Fi slot's power sequence): the card on
+/// the Arasan controller, the NIC on the USB-C port's dwc2. The Pi 4's
+/// own card slot (emmc2), GENET Ethernet and PCIe USB are not emulated.
+/// Not a CI gate: in one boot of two under load the kernel wedged a CPU in
+/// its interrupt setup for raspi4b's mini-UART (see the README).
+#[test]
+#[ignore = "raspi4b's mini-UART hangs the kernel in one boot of two under load"]
+fn rpi4_first_boot_on_raspi4b() {
+    let console = pi_first_boot("rpi4", false);
+    assert!(
+        console.contains("kiln: edited bcm2711-rpi-4-b.dtb for QEMU: "),
+        "kiln boot does not say it changed the device tree"
+    );
+    assert!(
+        !console.contains("Internal error"),
+        "the kernel faulted on hardware QEMU lacks"
+    );
+}
+
 #[test]
 fn boot_timeout_exits_2_with_the_missing_line() {
     let dir = scratch("boot-timeout");

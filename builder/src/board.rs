@@ -227,7 +227,7 @@ pub struct QemuBoard {
     /// Which serial port carries the console (0 = first).
     #[serde(default)]
     pub console_serial: u32,
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub firmware: QemuFirmware,
     /// Added to the kernel command line when QEMU starts the kernel itself
     /// (`esp-kernel`): the emulated machine's console, for a board whose
@@ -269,6 +269,11 @@ pub enum QemuFirmware {
         /// Appended to `cmdline.txt`'s line (QEMU-only needs).
         #[serde(default)]
         append: String,
+        /// Changes to a copy of that device tree, for hardware the QEMU
+        /// machine lacks (`- disable: /soc/node@addr`,
+        /// `- delete-property: /soc/node@addr/property`).
+        #[serde(default, rename = "dtb-edits")]
+        dtb_edits: Vec<crate::qemu::fdt::Edit>,
     },
 }
 

@@ -304,6 +304,7 @@ fn boot_peer_root(
         log: dir.join("boot.console.log"),
         wait_exit: false,
         verbose: false,
+        notes: vec![],
     };
     match qemu::boot(&cfg, &req)? {
         BootOutcome::Ready { seconds, .. } => {

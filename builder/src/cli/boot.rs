@@ -207,6 +207,7 @@ impl BootCmd {
             .tempdir()
             .context("creating a temporary directory")?;
         let mut image = self.image.clone();
+        let mut notes = Vec::new();
         let (firmware, files) = match &q.firmware {
             QemuFirmware::Uefi { code, vars } => (
                 Firmware::Uefi {
@@ -237,7 +238,11 @@ impl BootCmd {
                 };
                 (firmware, vec![])
             }
-            QemuFirmware::BootPartition { dtb, append } => {
+            QemuFirmware::BootPartition {
+                dtb,
+                append,
+                dtb_edits,
+            } => {
                 let node = match &self.node {
                     Some(n) => {
                         Some(std::fs::read(n).with_context(|| format!("reading {}", n.display()))?)
@@ -253,10 +258,14 @@ impl BootCmd {
                         .iter()
                         .map(|(n, b)| (n.as_str(), b.as_slice()))
                         .collect::<Vec<_>>(),
-                    dtb,
+                    crate::qemu::sd_card::DeviceTree {
+                        name: dtb,
+                        edits: dtb_edits,
+                    },
                     append,
                 )?;
                 image = card.image;
+                notes = card.notes;
                 (card.firmware, vec![])
             }
         };
@@ -317,6 +326,7 @@ impl BootCmd {
             // The installer powers off when done.
             wait_exit: self.wait_exit || self.install_to.is_some(),
             verbose: !self.no_echo,
+            notes,
         };
         qemu::boot(&cfg, &req).map_err(|e| {
             if e.to_string().contains("not found") {

@@ -9,6 +9,7 @@
 //! over loopback ([`net`]): it never reaches outside this machine.
 
 pub mod console;
+pub mod fdt;
 pub mod net;
 pub mod sd_card;
 pub mod uboot_env;
@@ -137,6 +138,9 @@ pub struct BootRequest {
     pub wait_exit: bool,
     /// Echo console lines to stderr.
     pub verbose: bool,
+    /// What kiln changed for QEMU's sake (a device tree edited), said on
+    /// stderr and at the head of the log next to QEMU's command line.
+    pub notes: Vec<String>,
 }
 
 /// How a boot ended.
@@ -392,6 +396,10 @@ pub fn boot(cfg: &QemuConfig, req: &BootRequest) -> Result<BootOutcome> {
 
     let args = command_line(cfg, req, vars.as_deref());
     writeln!(log, "# {} {}", cfg.binary, args.join(" ")).context("writing the console log")?;
+    for note in &req.notes {
+        log::info!("{note}");
+        writeln!(log, "# {note}").context("writing the console log")?;
+    }
     let child = Command::new(&cfg.binary)
         .args(&args)
         .stdin(Stdio::null())
@@ -634,6 +642,7 @@ mod tests {
             log: log.into(),
             wait_exit: false,
             verbose: false,
+            notes: vec![],
         }
     }
 

@@ -4,6 +4,8 @@
 //! partition, named by its own `config.txt`, with the model's device tree
 //! from there too; the card is a copy of the image padded to a power of two
 //! (QEMU refuses other SD sizes), so the user's file is never changed.
+//! Where the machine lacks hardware the device tree names, the board file
+//! edits a copy of the device tree ([`fdt`]), as QEMU itself does for some.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -11,13 +13,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::Firmware;
+use super::{fdt, Firmware};
 use crate::boot::{node_file, raspi};
 
 /// A card: the padded copy and the firmware files, in `dir`.
 pub struct Card {
     pub image: PathBuf,
     pub firmware: Firmware,
+    /// What was changed for QEMU (the device tree's edits).
+    pub notes: Vec<String>,
+}
+
+/// The device tree QEMU passes to the kernel: a file on the boot
+/// partition, and the board's edits to it.
+pub struct DeviceTree<'a> {
+    pub name: &'a str,
+    pub edits: &'a [fdt::Edit],
 }
 
 /// The SD card size QEMU takes for an image of `image_bytes` flashed to a
@@ -35,9 +46,10 @@ pub fn prepare(
     want: Option<u64>,
     node: Option<&[u8]>,
     files: &[(&str, &[u8])],
-    dtb: &str,
+    dtb: DeviceTree,
     append: &str,
 ) -> Result<Card> {
+    let DeviceTree { name: dtb, edits } = dtb;
     let card = dir.join("sd.img");
     let len = std::fs::metadata(image)
         .with_context(|| format!("reading {}", image.display()))?
@@ -56,7 +68,20 @@ pub fn prepare(
         .context("config.txt on the boot partition names no kernel= and initramfs")?;
     let blobs = node_file::read(&card, &[&kernel, &initrd, dtb])?;
     let mut paths = Vec::new();
-    for (name, data) in [&kernel, &initrd, &dtb.to_string()].iter().zip(blobs) {
+    let mut notes = Vec::new();
+    for (name, mut data) in [&kernel, &initrd, &dtb.to_string()].iter().zip(blobs) {
+        if *name == dtb && !edits.is_empty() {
+            data = fdt::edit(&data, edits)
+                .with_context(|| format!("editing {dtb} for QEMU (the board's dtb-edits)"))?;
+            notes.push(format!(
+                "kiln: edited {dtb} for QEMU: {}",
+                edits
+                    .iter()
+                    .map(fdt::Edit::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         let path = dir.join(name);
         std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
         paths.push(path);
@@ -72,6 +97,7 @@ pub fn prepare(
             dtb: paths.next(),
             append,
         },
+        notes,
     })
 }
 
