@@ -468,10 +468,10 @@ fn rpi2_first_boot_on_raspi2b() {
 /// that machine lacks (HDMI, the Wi-Fi slot's power sequence): the card on
 /// the Arasan controller, the NIC on the USB-C port's dwc2. The Pi 4's
 /// own card slot (emmc2), GENET Ethernet and PCIe USB are not emulated.
-/// Not a CI gate: in one boot of two under load the kernel wedged a CPU in
-/// its interrupt setup for raspi4b's mini-UART (see the README).
+/// Not a CI gate: in two boots of three under load the kernel wedged a CPU
+/// in its interrupt setup for raspi4b's mini-UART (see the README).
 #[test]
-#[ignore = "raspi4b's mini-UART hangs the kernel in one boot of two under load"]
+#[ignore = "raspi4b's mini-UART hung the kernel in two boots of three under load"]
 fn rpi4_first_boot_on_raspi4b() {
     let console = pi_first_boot("rpi4", false);
     assert!(
