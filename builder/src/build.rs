@@ -394,11 +394,19 @@ fn write_outputs(
                 });
             }
             Format::Xz | Format::Zst => {
-                let (c, ext) = match format {
-                    Format::Xz => (crate::output::compress::Compression::Xz, ".xz"),
-                    _ => (crate::output::compress::Compression::Zstd, ".zst"),
+                let (c, ext, stage) = match format {
+                    Format::Xz => (
+                        crate::output::compress::Compression::Xz,
+                        ".xz",
+                        "compressing the image (xz)",
+                    ),
+                    _ => (
+                        crate::output::compress::Compression::Zstd,
+                        ".zst",
+                        "compressing the image (zst)",
+                    ),
                 };
-                let file = stages.run("compressing the image", || c.write(image, &beside(ext)))?;
+                let file = stages.run(stage, || c.write(image, &beside(ext)))?;
                 done.push(OutputReport {
                     kind: c.extension(),
                     file,
@@ -683,6 +691,20 @@ pub(crate) fn check_sha256(data: &[u8], want: &str, what: &str, key: &str) -> Re
     Ok(())
 }
 
+/// A stage's name for the summary's time line: what it made, without the
+/// verb ("writing the root squashfs" → "root squashfs"), so that the five
+/// stages that write something stay apart; a bare verb stays as it is.
+fn stage_label(stage: &str) -> &str {
+    let mut rest = stage;
+    while let Some((word, tail)) = rest.split_once(' ') {
+        if !(word.ends_with("ing") || word == "and" || word == "the") {
+            break;
+        }
+        rest = tail;
+    }
+    rest
+}
+
 /// The human summary printed after a build.
 pub fn summary(r: &BuildReport) -> String {
     let mut s = String::new();
@@ -725,13 +747,7 @@ pub fn summary(r: &BuildReport) -> String {
     let stages: Vec<String> = r
         .stages
         .iter()
-        .map(|(n, d)| {
-            format!(
-                "{} {:.1}s",
-                n.split(' ').next().unwrap_or(n),
-                d.as_secs_f64()
-            )
-        })
+        .map(|(n, d)| format!("{} {:.1}s", stage_label(n), d.as_secs_f64()))
         .collect();
     line(
         &mut s,
@@ -761,4 +777,23 @@ pub fn summary(r: &BuildReport) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stage_label;
+
+    #[test]
+    fn stage_labels_name_what_each_stage_made() {
+        for (stage, label) in [
+            ("building in-image binaries", "in-image binaries"),
+            ("resolving and fetching packages", "packages"),
+            ("composing the root filesystem", "root filesystem"),
+            ("writing the root squashfs", "root squashfs"),
+            ("compressing the image (xz)", "image (xz)"),
+            ("checksumming", "checksumming"),
+        ] {
+            assert_eq!(stage_label(stage), label);
+        }
+    }
 }
