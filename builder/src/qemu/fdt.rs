@@ -66,10 +66,6 @@ fn c_string(blob: &[u8], at: usize) -> Result<String> {
     Ok(String::from_utf8_lossy(&rest[..len]).into_owned())
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 impl Tree {
     pub fn parse(blob: &[u8]) -> Result<Tree> {
         if be32(blob, 0)? != MAGIC {
@@ -93,7 +89,7 @@ impl Tree {
             match token {
                 BEGIN_NODE => {
                     let name = c_string(blob, at)?;
-                    at = align4(at + name.len() + 1);
+                    at = (at + name.len() + 1).next_multiple_of(4);
                     stack.push(Node {
                         name,
                         props: Vec::new(),
@@ -112,7 +108,7 @@ impl Tree {
                         .context("property outside any node")?
                         .props
                         .push((name, value));
-                    at = align4(at + 8 + len);
+                    at = (at + 8 + len).next_multiple_of(4);
                 }
                 END_NODE => {
                     let node = stack.pop().context("unbalanced end of node")?;
@@ -138,7 +134,7 @@ impl Tree {
         let mut strings: Vec<u8> = Vec::new();
         write_node(&self.root, &mut structs, &mut strings);
         structs.extend(END.to_be_bytes());
-        let rsv = align8(HEADER_BYTES);
+        let rsv = HEADER_BYTES.next_multiple_of(8);
         let struct_at = rsv + self.reservations.len();
         let strings_at = struct_at + structs.len();
         let total = strings_at + strings.len();
@@ -202,21 +198,17 @@ impl Tree {
     }
 }
 
-fn align8(n: usize) -> usize {
-    (n + 7) & !7
-}
-
 fn write_node(node: &Node, out: &mut Vec<u8>, strings: &mut Vec<u8>) {
     out.extend(BEGIN_NODE.to_be_bytes());
     out.extend(node.name.as_bytes());
     out.push(0);
-    out.resize(align4(out.len()), 0);
+    out.resize(out.len().next_multiple_of(4), 0);
     for (name, value) in &node.props {
         out.extend(PROP.to_be_bytes());
         out.extend((value.len() as u32).to_be_bytes());
         out.extend((string_offset(strings, name) as u32).to_be_bytes());
         out.extend(value);
-        out.resize(align4(out.len()), 0);
+        out.resize(out.len().next_multiple_of(4), 0);
     }
     for child in &node.children {
         write_node(child, out, strings);

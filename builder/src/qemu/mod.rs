@@ -398,7 +398,7 @@ pub fn boot(cfg: &QemuConfig, req: &BootRequest) -> Result<BootOutcome> {
     writeln!(log, "# {} {}", cfg.binary, args.join(" ")).context("writing the console log")?;
     for note in &req.notes {
         log::info!("{note}");
-        writeln!(log, "# {note}").context("writing the console log")?;
+        writeln!(log, "# kiln: {note}").context("writing the console log")?;
     }
     let child = Command::new(&cfg.binary)
         .args(&args)

@@ -66,22 +66,22 @@ pub fn prepare(
             .expect("two files");
     let (kernel, initrd) = raspi::kernel_and_initrd(&String::from_utf8_lossy(&config))
         .context("config.txt on the boot partition names no kernel= and initramfs")?;
-    let blobs = node_file::read(&card, &[&kernel, &initrd, dtb])?;
-    let mut paths = Vec::new();
+    let mut blobs = node_file::read(&card, &[&kernel, &initrd, dtb])?;
     let mut notes = Vec::new();
-    for (name, mut data) in [&kernel, &initrd, &dtb.to_string()].iter().zip(blobs) {
-        if *name == dtb && !edits.is_empty() {
-            data = fdt::edit(&data, edits)
-                .with_context(|| format!("editing {dtb} for QEMU (the board's dtb-edits)"))?;
-            notes.push(format!(
-                "kiln: edited {dtb} for QEMU: {}",
-                edits
-                    .iter()
-                    .map(fdt::Edit::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+    if !edits.is_empty() {
+        blobs[2] = fdt::edit(&blobs[2], edits)
+            .with_context(|| format!("editing {dtb} for QEMU (the board's dtb-edits)"))?;
+        notes.push(format!(
+            "edited {dtb} for QEMU: {}",
+            edits
+                .iter()
+                .map(fdt::Edit::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let mut paths = Vec::new();
+    for (name, data) in [&kernel, &initrd, &dtb.to_string()].iter().zip(blobs) {
         let path = dir.join(name);
         std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
         paths.push(path);
